@@ -1,0 +1,5 @@
+import sys
+
+from feddetox_cli import main
+
+sys.exit(main())
