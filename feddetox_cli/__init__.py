@@ -1,13 +1,13 @@
 """The one `feddetox` command. It only dispatches: each part owns its sub-commands.
 
-    feddetox coordinator --help     # server/cli.py
-    feddetox edge --help            # edge_client/cli.py
-    feddetox guardian --help        # export/guardian_cli.py
-    feddetox export --help          # export/cli.py
-    feddetox models --help          # feddetox/models/cli.py
-    feddetox data --help            # feddetox/data/cli.py
-    feddetox eval --help            # feddetox/evaluation/cli.py
-    feddetox simulate --help        # feddetox_cli/simulate.py
+feddetox coordinator --help     # server/cli.py
+feddetox edge --help            # edge_client/cli.py
+feddetox guardian --help        # export/guardian_cli.py
+feddetox export --help          # export/cli.py
+feddetox models --help          # feddetox/models/cli.py
+feddetox data --help            # feddetox/data/cli.py
+feddetox eval --help            # feddetox/evaluation/cli.py
+feddetox simulate --help        # feddetox_cli/simulate.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Regenerate the gRPC stubs in feddetox/protocol/ from proto/ (the one script that does it).
 
-    python scripts/gen_proto.py [--out DIR]
+python scripts/gen_proto.py [--out DIR]
 """
 
 from __future__ import annotations
