@@ -1,0 +1,414 @@
+"""The device agent's loop: heartbeat, poll, and for each task download, sanitize, train, upload.
+
+    agent = EdgeAgent(client, DeviceState("~/.feddetox-device"), AgentConfig(data_path=..., guardian_dir=...))
+    agent.run(enrol_token="...")            # until stopped, or `max_rounds` tasks
+
+One task, phase by phase (each prints a progress line, and the state folder records where it is):
+
+1. check: the task's base model hash and guardian id are the ones this device holds (else a clear error);
+2. download: the round's global adapter, unless cached; resumes a broken transfer, verifies sha256;
+3. sanitize: the guardian scores every local pair's (prompt, chosen); the task's policy applies;
+4. train: local LoRA-DPO from the global adapter on the sanitized pairs;
+5. upload: the whole trained adapter (float32 safetensors) with num_examples, metrics and the counts.
+
+The finished update is kept in the state folder with its idempotency key before the upload starts, so an
+agent restarted at any moment uploads that same update (never a second, different one) and the
+coordinator, restarted or not, answers a repeated upload with the first receipt. Only the adapter, metrics
+and sanitization counts leave the device, never text.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+
+from edge_client.assignment import Assignment
+from edge_client.state import DeviceState, PendingUpdate, idempotency_key
+from edge_client.transport import CoordinatorClient, Receipt
+from feddetox.adapters import LoraSpec, from_bytes, sha256_bytes, to_bytes
+from feddetox.data.records import PreferencePair
+from feddetox.errors import (
+    AuthError,
+    BundleError,
+    ConflictError,
+    ModelNotFoundError,
+    NotFoundError,
+    RateLimitedError,
+    UnavailableError,
+    UpdateRejected,
+)
+from feddetox.refusals import load_templates
+from feddetox.sanitize import SanitizeCounts, SanitizeResult, Scorer, sanitize_with
+
+log = logging.getLogger(__name__)
+
+
+class Guardian(Scorer, Protocol):
+    """A scorer that knows which bundle it is (feddetox.guardian.Guardian is one)."""
+
+    bundle_id: str
+
+
+class Trainer(Protocol):
+    """The local step (feddetox.training.LoraDpoTrainer is one)."""
+
+    def train(
+        self, pairs: Sequence[PreferencePair], start_adapter: dict[str, np.ndarray] | None, cfg: Any, *, progress=None
+    ) -> Any: ...
+
+
+TrainerFactory = Callable[[str, LoraSpec], Trainer]
+
+
+@dataclass
+class AgentConfig:
+    """What the device owner chooses (the coordinator chooses the rest, per task)."""
+
+    data_path: Path
+    guardian_dir: Path | None = None
+    #: the SLM on this device (registry name or folder); None = the task's base model
+    model: str | None = None
+    skip_invalid: bool = False
+    templates_path: Path | None = None
+    device_name: str = field(default_factory=lambda: socket.gethostname()[:64] or "device")
+    max_rounds: int | None = None
+    #: never wait longer than this between polls, whatever the coordinator says
+    max_poll_s: float = 30.0
+    #: stop when the coordinator has been unreachable this long (None: keep trying)
+    give_up_after_s: float | None = None
+    sanitize_batch_size: int = 16
+
+
+class Progress:
+    """Progress lines, one per phase and a few within long phases."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self._last: dict[str, float] = {}
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def fraction(self, key: str, prefix: str, done: float, total: float, unit: str = "") -> None:
+        """A line at every 25% step of `total` (and at the end)."""
+        share = 1.0 if total <= 0 else done / total
+        step = int(share * 4) / 4
+        if step <= self._last.get(key, -1.0) and share < 1.0:
+            return
+        if share >= 1.0 and self._last.get(key) == 1.0:
+            return
+        self._last[key] = 1.0 if share >= 1.0 else step
+        self.line(f"{prefix} {done:g}/{total:g}{unit} ({share:.0%})")
+
+
+class EdgeAgent:
+    """The loop of one device. Collaborators are injected so that each can be replaced in a test."""
+
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        state: DeviceState,
+        config: AgentConfig,
+        *,
+        guardian: Guardian | None = None,
+        trainer_factory: TrainerFactory | None = None,
+        model_sha256: Callable[[str], str] | None = None,
+        progress: Progress | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client, self.state, self.config = client, state, config
+        self._guardian = guardian
+        self._trainer_factory = trainer_factory or _default_trainer
+        self._model_sha256 = model_sha256 or _default_model_sha256
+        self._trainers: dict[tuple[str, LoraSpec], Trainer] = {}
+        self._hashes: dict[str, str] = {}
+        self.progress = progress or Progress()
+        self._sleep, self._clock = sleep, clock
+        self._templates = load_templates(config.templates_path)
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def ensure_enrolled(self, enrol_token: str | None) -> None:
+        """Use the stored credential, or enrol with `enrol_token` and store the new one (mode 0600)."""
+        credential = self.state.load_credential()
+        if credential is not None and credential.coordinator in ("", self.client.address):
+            self.client.credential = credential
+            return
+        if not enrol_token:
+            raise AuthError(
+                f"this device is not enrolled with the coordinator at {self.client.address}",
+                hint="pass --enrol-token with a one-time token from the operator",
+            )
+        credential = self.client.enrol(enrol_token, device_name=self.config.device_name)
+        self.state.save_credential(credential)
+        self.progress.line(f"enrolled with {self.client.address} as device {credential.device_id}")
+
+    def run(self, enrol_token: str | None = None) -> int:
+        """Work until `max_rounds` tasks are over (or forever); returns the number of tasks done."""
+        self.ensure_enrolled(enrol_token)
+        done, down_since, failures = 0, None, 0
+        while self.config.max_rounds is None or done < self.config.max_rounds:
+            try:
+                if self._resume_pending():
+                    done += 1
+                    continue
+                interval = self.client.heartbeat("idle")
+                assignment, retry_after = self.client.get_task(
+                    model_sha256=self._held_models(), guardian_ids=[self.guardian.bundle_id]
+                )
+                down_since, failures = None, 0
+                if assignment is None or self.state.is_done(assignment.assignment_id):
+                    self._sleep(min(float(retry_after or interval or 1), self.config.max_poll_s))
+                    continue
+                self.run_task(assignment)
+                done += 1
+            except (UnavailableError, RateLimitedError) as exc:
+                now = self._clock()
+                down_since = now if down_since is None else down_since
+                if self.config.give_up_after_s is not None and now - down_since >= self.config.give_up_after_s:
+                    raise
+                failures += 1
+                delay = min(self.config.max_poll_s, self.client.retry.delay(failures))
+                self.progress.line(f"{exc.message}; trying again in {delay:.0f} s")
+                self._sleep(delay)
+        return done
+
+    def run_task(self, assignment: Assignment) -> Receipt | None:
+        """Do one task from wherever the state folder says it stopped; None when nothing was left to train."""
+        current = self.state.current()
+        if current is None or current[0].assignment_id != assignment.assignment_id:
+            self.state.begin(assignment)
+        label = f"[{assignment.label}]"
+        self.progress.line(f"{label} task {assignment.assignment_id}: policy {assignment.sanitization_policy}")
+        model = self._check_model(assignment)
+        guardian = self._check_guardian(assignment)
+        start = self._download(assignment, label)
+        self.state.set_phase("downloaded")
+        result = self._sanitize(assignment, guardian, label)
+        self.state.set_phase("sanitized")
+        if not result.pairs:
+            self.progress.line(f"{label} no pair left to train on; reporting the counts only")
+            self._finish_abandoned(assignment, {"num_examples": 0.0}, result.counts)
+            return None
+        update, blob = self._train(assignment, model, start, result, label)
+        self.state.save_update(update, blob)
+        return self._upload(update, blob, label)
+
+    # -- phases ----------------------------------------------------------------------------------------
+
+    def _download(self, assignment: Assignment, label: str) -> dict[str, np.ndarray] | None:
+        if not assignment.adapter_sha256:
+            self.progress.line(f"{label} download: none (the run starts from a fresh adapter)")
+            return None
+        blob = self.state.cached_adapter(assignment.adapter_sha256)
+        size_mb = assignment.adapter_size / 1e6
+        if blob is not None:
+            self.progress.line(f"{label} download: global adapter v{assignment.adapter_version} is cached")
+        else:
+            self.progress.line(f"{label} download: global adapter v{assignment.adapter_version} ({size_mb:.2f} MB)")
+            partial = self.state.partial_path(assignment.adapter_sha256)
+            blob = self.client.download_adapter(
+                assignment,
+                partial,
+                progress=lambda done, total: self.progress.fraction(
+                    "download", f"{label} download", round(done / 1e6, 2), round(total / 1e6, 2), " MB"
+                ),
+            )
+            self.state.store_adapter(blob)
+            partial.unlink(missing_ok=True)
+            self.progress.line(f"{label} download: done, sha256 {assignment.adapter_sha256[:12]} verified")
+        return from_bytes(blob, where=f"global adapter v{assignment.adapter_version}")
+
+    def _sanitize(self, assignment: Assignment, guardian: Guardian, label: str) -> SanitizeResult:
+        from feddetox.data.io import read_pairs
+
+        read = read_pairs(self.config.data_path, skip_invalid=self.config.skip_invalid)
+        if read.skipped:
+            self.progress.line(f"{label} sanitize: skipped {read.skipped} invalid record(s) of {self.config.data_path}")
+        self.progress.line(f"{label} sanitize: scoring {len(read.pairs)} pairs with guardian {guardian.bundle_id}")
+        result = sanitize_with(
+            guardian,
+            read.pairs,
+            assignment.sanitization_policy,
+            self._templates,
+            self.config.sanitize_batch_size,
+            threshold=assignment.guardian_threshold,
+            progress=lambda done, total: self.progress.fraction("sanitize", f"{label} sanitize", done, total, " pairs"),
+        )
+        c = result.counts
+        self.progress.line(
+            f"{label} sanitize: {c.pairs_seen} seen, {c.flagged} flagged, {c.replaced} replaced, {c.dropped} dropped"
+        )
+        return result
+
+    def _train(
+        self,
+        assignment: Assignment,
+        model: str,
+        start: dict[str, np.ndarray] | None,
+        result: SanitizeResult,
+        label: str,
+    ) -> tuple[PendingUpdate, bytes]:
+        trainer = self._trainer(model, assignment.lora)
+        cfg = _train_config(assignment)
+        steps = assignment.training.local_steps
+        self.progress.line(f"{label} train: {steps} local steps on {len(result.pairs)} pairs")
+
+        def on_step(*args: Any, **kwargs: Any) -> None:
+            numbers = [a for a in args if isinstance(a, int)]
+            if len(numbers) >= 2:
+                self.progress.fraction("train", f"{label} train step", numbers[0], numbers[1])
+
+        trained = trainer.train(result.pairs, start, cfg, progress=on_step)
+        tensors = {k: np.asarray(v, dtype=np.float32) for k, v in trained.adapter.items()}
+        blob = to_bytes(tensors)
+        metrics = {k: float(v) for k, v in dict(trained.metrics).items()}
+        credential = self.client.credential
+        assert credential is not None  # ensure_enrolled ran
+        update = PendingUpdate(
+            assignment_id=assignment.assignment_id,
+            run_id=assignment.run_id,
+            round_index=assignment.round_index,
+            idempotency_key=idempotency_key(credential.device_id, assignment.assignment_id),
+            sha256=sha256_bytes(blob),
+            size_bytes=len(blob),
+            num_examples=int(trained.num_examples),
+            base_adapter_version=assignment.adapter_version,
+            metrics=metrics,
+            sanitization=result.counts,
+        )
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
+        self.progress.line(f"{label} train: done, {update.num_examples} examples, {shown}")
+        return update, blob
+
+    def _upload(self, update: PendingUpdate, blob: bytes, label: str) -> Receipt | None:
+        self.progress.line(f"{label} upload: {update.size_bytes / 1e6:.2f} MB, key {update.idempotency_key[:12]}")
+        try:
+            receipt = self.client.upload_update(
+                update,
+                blob,
+                progress=lambda done, total: self.progress.fraction(
+                    "upload", f"{label} upload", round(done / 1e6, 2), round(total / 1e6, 2), " MB"
+                ),
+            )
+        except (ConflictError, NotFoundError, UpdateRejected) as exc:
+            # the round closed, the run stopped or the update failed validation: sending it again cannot help
+            self.progress.line(f"{label} upload: refused, {exc.message}; the task is over")
+            self.state.finish(update.assignment_id)
+            return None
+        self.state.set_phase("uploaded")
+        self.state.finish(update.assignment_id)
+        seen = " (already received before)" if receipt.duplicate else ""
+        self.progress.line(f"{label} upload: acknowledged as update {receipt.update_id}{seen}")
+        return receipt
+
+    def _resume_pending(self) -> bool:
+        """Upload an update that an earlier run of this agent trained but did not get acknowledged."""
+        pending = self.state.pending_update()
+        if pending is None:
+            return False
+        update, blob = pending
+        label = f"[run {update.run_id} round {update.round_index}]"
+        self.progress.line(f"{label} resuming the upload of assignment {update.assignment_id}")
+        self._upload(update, blob, label)
+        return True
+
+    def _finish_abandoned(self, assignment: Assignment, metrics: dict[str, float], counts: SanitizeCounts) -> None:
+        try:
+            self.client.report_metrics(assignment, metrics, counts)
+        finally:
+            self.state.finish(assignment.assignment_id)
+
+    # -- checks ----------------------------------------------------------------------------------------
+
+    @property
+    def guardian(self) -> Guardian:
+        if self._guardian is None:
+            if self.config.guardian_dir is None:
+                raise BundleError("no guardian bundle given", hint="option --guardian")
+            from feddetox.guardian import load_guardian
+
+            self._guardian = load_guardian(self.config.guardian_dir)
+        return self._guardian
+
+    def _held_models(self) -> list[str]:
+        if self.config.model is None:
+            return []
+        return [self._hash_of(self.config.model)]
+
+    def _hash_of(self, model: str) -> str:
+        if model not in self._hashes:
+            self._hashes[model] = self._model_sha256(model)
+        return self._hashes[model]
+
+    def _check_model(self, assignment: Assignment) -> str:
+        model = self.config.model or assignment.base_model
+        try:
+            held = self._hash_of(model)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"task {assignment.assignment_id} ({assignment.label}) needs model {assignment.base_model!r}, "
+                f"which this device does not have: {exc.message}",
+                hint=exc.hint or "pull it with `feddetox models pull NAME`, or pass --model",
+            ) from exc
+        if assignment.base_model_sha256 and held != assignment.base_model_sha256:
+            raise ModelNotFoundError(
+                f"task {assignment.assignment_id} ({assignment.label}) needs base model {assignment.base_model!r} "
+                f"with weights sha256 {assignment.base_model_sha256}; this device's model {model!r} has {held}",
+                hint="install the run's model version and pass it with --model",
+            )
+        return model
+
+    def _check_guardian(self, assignment: Assignment) -> Guardian:
+        guardian = self.guardian
+        if assignment.guardian_id and guardian.bundle_id != assignment.guardian_id:
+            raise BundleError(
+                f"task {assignment.assignment_id} ({assignment.label}) needs guardian {assignment.guardian_id!r}; "
+                f"this device has {guardian.bundle_id!r}",
+                hint="install the run's guardian bundle and pass it with --guardian",
+            )
+        return guardian
+
+    def _trainer(self, model: str, lora: LoraSpec) -> Trainer:
+        key = (model, lora)
+        if key not in self._trainers:
+            self.progress.line(f"loading {model} for LoRA r={lora.r} on {', '.join(lora.target_modules)}")
+            self._trainers[key] = self._trainer_factory(model, lora)
+        return self._trainers[key]
+
+
+def _train_config(assignment: Assignment) -> Any:
+    from feddetox.training import TrainConfig
+
+    t = assignment.training
+    return TrainConfig(
+        beta=t.beta,
+        learning_rate=t.learning_rate,
+        local_steps=t.local_steps,
+        batch_size=t.batch_size,
+        grad_accumulation=t.grad_accumulation,
+        max_prompt_tokens=t.max_prompt_tokens,
+        max_response_tokens=t.max_response_tokens,
+        seed=int(t.seed),
+    )
+
+
+def _default_trainer(model: str, lora: LoraSpec) -> Trainer:
+    from feddetox.training import LoraDpoTrainer
+
+    return LoraDpoTrainer(model, lora)
+
+
+def _default_model_sha256(model: str) -> str:
+    from feddetox.models.loading import weights_sha256
+
+    return weights_sha256(model)

@@ -1,0 +1,188 @@
+"""`feddetox edge`: the device agent's commands.
+
+    feddetox edge run --coordinator HOST:PORT --enrol-token T --data pairs.jsonl --guardian BUNDLE [--model NAME]
+    feddetox edge sanitize --data pairs.jsonl --guardian BUNDLE --out clean.jsonl [--policy replace|drop|none]
+
+Exit status: 0 done, 2 bad input (data, option, bundle file), 3 coordinator unreachable, 4 credentials
+refused, 5 the task needs a model or guardian version this device does not have, 1 any other FedDetox error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from feddetox.errors import (
+    AuthError,
+    BundleError,
+    ConfigError,
+    DataError,
+    FedDetoxError,
+    ModelNotFoundError,
+    UnavailableError,
+)
+from feddetox.settings import home_dir
+
+EXIT_CODES: tuple[tuple[type[FedDetoxError], int], ...] = (
+    (UnavailableError, 3),
+    (AuthError, 4),
+    (ModelNotFoundError, 5),
+    (BundleError, 5),
+    (DataError, 2),
+    (ConfigError, 2),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feddetox edge", description="The FedDetox device agent.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="enrol, then take part in federated rounds: download, sanitize, train, upload",
+        description="Take part in federated rounds. Local data never leaves the device: only the trained "
+        "adapter, its metrics and sanitization counts do.",
+    )
+    run.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="the coordinator's gRPC address")
+    run.add_argument("--enrol-token", metavar="T", help="one-time enrolment token (needed only the first time)")
+    run.add_argument("--data", required=True, type=Path, metavar="F", help="local preference pairs (jsonl/csv/parquet)")
+    run.add_argument("--guardian", required=True, type=Path, metavar="B", help="the guardian bundle folder")
+    run.add_argument("--model", metavar="NAME", help="the SLM on this device (default: the task's base model)")
+    run.add_argument("--state", type=Path, metavar="DIR", help="state folder (default: $FEDDETOX_HOME/device)")
+    run.add_argument("--ca-file", type=Path, metavar="F", help="CA certificate (PEM): use TLS and trust this CA")
+    run.add_argument("--skip-invalid", action="store_true", help="skip and count invalid data records")
+    run.add_argument("--templates", type=Path, metavar="F", help="your own refusal templates (JSON list or lines)")
+    run.add_argument("--device-name", metavar="NAME", help="name shown on the dashboard (default: host name)")
+    run.add_argument("--max-rounds", type=int, metavar="N", help="stop after N tasks (default: run until stopped)")
+    run.add_argument("--max-poll", type=float, default=30.0, metavar="S", help="longest wait between polls")
+    run.add_argument(
+        "--give-up-after", type=float, metavar="S", help="stop when the coordinator is unreachable this long"
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="log retries and other details")
+
+    san = sub.add_parser(
+        "sanitize",
+        help="sanitize a data file offline with a guardian and print a report",
+        description="Score each pair's (prompt, chosen) with the guardian and apply a policy; writes the "
+        "sanitized pairs as JSONL and prints what was flagged.",
+    )
+    san.add_argument("--data", required=True, type=Path, metavar="F", help="preference pairs (jsonl/csv/parquet)")
+    san.add_argument("--guardian", required=True, type=Path, metavar="B", help="the guardian bundle folder")
+    san.add_argument("--out", required=True, type=Path, metavar="F2", help="where to write the sanitized JSONL")
+    san.add_argument("--policy", choices=("replace", "drop", "none"), default="replace")
+    san.add_argument("--threshold", type=float, metavar="X", help="p_unsafe >= X is unsafe (default: the bundle's)")
+    san.add_argument("--templates", type=Path, metavar="F", help="your own refusal templates (JSON list or lines)")
+    san.add_argument("--skip-invalid", action="store_true", help="skip and count invalid data records")
+    san.add_argument("--report-json", type=Path, metavar="F", help="also write the counts as JSON")
+    san.add_argument("--show", type=int, default=10, metavar="N", help="list at most N flagged pairs (default 10)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _sanitize(args)
+    except FedDetoxError as exc:
+        print(f"feddetox edge: error: {exc}", file=sys.stderr)
+        return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1)
+    except KeyboardInterrupt:
+        print("feddetox edge: stopped; the state folder keeps the work done so far", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_client.agent import AgentConfig, EdgeAgent
+    from edge_client.state import DeviceState
+    from edge_client.transport import CoordinatorClient
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.data.is_file():
+        raise DataError("data file not found", path=str(args.data))
+    if args.max_rounds is not None and args.max_rounds < 1:
+        raise ConfigError(f"--max-rounds must be at least 1, got {args.max_rounds}")
+    config = AgentConfig(
+        data_path=args.data,
+        guardian_dir=args.guardian,
+        model=args.model,
+        skip_invalid=args.skip_invalid,
+        templates_path=args.templates,
+        max_rounds=args.max_rounds,
+        max_poll_s=args.max_poll,
+        give_up_after_s=args.give_up_after,
+    )
+    if args.device_name:
+        config.device_name = args.device_name
+    state = DeviceState(args.state or home_dir() / "device")
+    with CoordinatorClient(args.coordinator, ca_file=args.ca_file) as client:
+        agent = EdgeAgent(client, state, config)
+        print(f"guardian {agent.guardian.bundle_id} (threshold {agent.guardian.threshold:g}); state {state.root}")
+        done = agent.run(enrol_token=args.enrol_token)
+    print(f"done: {done} task(s)")
+    return 0
+
+
+def _sanitize(args: argparse.Namespace) -> int:
+    from feddetox.data.io import read_pairs, write_pairs
+    from feddetox.guardian import load_guardian
+    from feddetox.refusals import load_templates
+    from feddetox.sanitize import sanitize, score_pairs
+
+    templates = load_templates(args.templates)
+    read = read_pairs(args.data, skip_invalid=args.skip_invalid)
+    guardian = load_guardian(args.guardian, threshold=args.threshold)
+    total = len(read.pairs)
+    print(f"scoring {total} pairs of {args.data} with guardian {guardian.bundle_id}", flush=True)
+    last = [-1]
+
+    def progress(done: int, total: int) -> None:
+        if done * 10 // max(total, 1) > last[0]:
+            last[0] = done * 10 // max(total, 1)
+            print(f"  {done}/{total}", flush=True)
+
+    scores = score_pairs(guardian, read.pairs, progress=progress)
+    result = sanitize(read.pairs, scores, guardian.threshold, args.policy, templates)
+    written = write_pairs(args.out, result.pairs)
+    print(_report(args, read.pairs, read.skipped, guardian.threshold, scores, result, written))
+    if args.report_json:
+        report = {
+            "data": str(args.data),
+            "out": str(args.out),
+            "guardian": guardian.bundle_id,
+            "policy": args.policy,
+            "threshold": guardian.threshold,
+            "skipped_invalid": read.skipped,
+            "written": written,
+            **result.counts.to_json(),
+        }
+        args.report_json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _report(args, pairs, skipped, threshold, scores, result, written) -> str:
+    c = result.counts
+    lines = [
+        f"sanitization report ({args.policy}, threshold {threshold:g})",
+        f"  pairs seen      {c.pairs_seen}" + (f"  ({skipped} invalid records skipped)" if skipped else ""),
+        f"  flagged         {c.flagged}",
+        f"  replaced        {c.replaced}",
+        f"  dropped         {c.dropped}",
+        f"  written         {written} -> {args.out}",
+        "  p_unsafe histogram:",
+    ]
+    peak = max(c.score_histogram) or 1
+    for index, count in enumerate(c.score_histogram):
+        bar = "#" * round(30 * count / peak)
+        lines.append(f"    [{index / 10:.1f}, {(index + 1) / 10:.1f}{']' if index == 9 else ')'} {count:6d} {bar}")
+    if result.flagged and args.show > 0:
+        lines.append(f"  flagged pairs (first {min(args.show, len(result.flagged))}):")
+        for index in result.flagged[: args.show]:
+            line = pairs[index].meta.get("line")
+            where = f"line {line}" if line is not None else f"pair {index + 1}"
+            prompt = " ".join(pairs[index].prompt.split())
+            lines.append(f"    {where}: p_unsafe {scores[index]:.3f}  {prompt[:60]!r}")
+    return "\n".join(lines)
