@@ -1,0 +1,181 @@
+"""Aggregation rules over named tensors: pure functions, no I/O, no database.
+
+An adapter is `dict[str, np.ndarray]` with PEFT key names. Every rule takes the clients' whole adapters
+(not deltas) and returns the next global adapter; all arithmetic is in float64 and the result is float32.
+
+- `fedavg`: the mean weighted by `num_examples` (McMahan et al. 2017); `FedAvgAccumulator` computes it
+  streaming, one update at a time, so its memory is one adapter whatever the number of clients.
+- `median`: coordinate-wise median (Yin et al. 2018).
+- `trimmed_mean`: coordinate-wise mean after dropping the `trim_ratio` largest and smallest values.
+- `clip_update`: scales the delta `update - global` down to an L2 norm bound (applied before any rule).
+- `lora_exact`: averages the products `B @ A` of each LoRA module (averaging A and B separately is not
+  the average update) and factors the mean back to rank r by truncated SVD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from feddetox.adapters import Tensors, l2_norm
+
+RULES = ("fedavg", "median", "trimmed_mean", "lora_exact")
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+
+
+def _check_same_keys(updates: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+    if not updates:
+        raise ValueError("no updates to aggregate")
+    keys = sorted(updates[0])
+    for i, update in enumerate(updates[1:], start=1):
+        if sorted(update) != keys:
+            raise ValueError(f"update {i} has other keys than update 0")
+    return keys
+
+
+def _check_weights(weights: Sequence[float], n: int) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or np.any(w <= 0) or not np.all(np.isfinite(w)):
+        raise ValueError(f"need {n} positive finite weights, got {list(weights)}")
+    return w
+
+
+class FedAvgAccumulator:
+    """Weighted FedAvg, one update at a time: holds a float64 running sum and the total weight only."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, np.ndarray] | None = None
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, update: Mapping[str, np.ndarray], weight: float) -> None:
+        if not (weight > 0 and np.isfinite(weight)):
+            raise ValueError(f"weight must be positive and finite, got {weight}")
+        if self._sum is None:
+            self._sum = {k: np.zeros(v.shape, dtype=np.float64) for k, v in update.items()}
+        elif sorted(update) != sorted(self._sum):
+            raise ValueError("update has other keys than the first one")
+        for key, value in update.items():
+            self._sum[key] += float(weight) * value.astype(np.float64)  # sum_i w_i * x_i
+        self.total_weight += float(weight)
+        self.count += 1
+
+    def result(self) -> Tensors:
+        if self._sum is None:
+            raise ValueError("no updates to aggregate")
+        return {k: (v / self.total_weight).astype(np.float32) for k, v in self._sum.items()}
+
+
+def fedavg(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> Tensors:
+    """sum_i w_i x_i / sum_i w_i, key by key."""
+    _check_same_keys(updates)
+    w = _check_weights(weights, len(updates))
+    acc = FedAvgAccumulator()
+    for update, weight in zip(updates, w):
+        acc.add(update, float(weight))
+    return acc.result()
+
+
+def _stack(updates: Sequence[Mapping[str, np.ndarray]], key: str) -> np.ndarray:
+    return np.stack([u[key].astype(np.float64) for u in updates])  # (N, *shape)
+
+
+def median(updates: Sequence[Mapping[str, np.ndarray]]) -> Tensors:
+    """Coordinate-wise median over the clients (unweighted)."""
+    keys = _check_same_keys(updates)
+    return {k: np.median(_stack(updates, k), axis=0).astype(np.float32) for k in keys}
+
+
+def trimmed_mean(updates: Sequence[Mapping[str, np.ndarray]], trim_ratio: float) -> Tensors:
+    """Coordinate-wise mean after dropping floor(trim_ratio * N) values at each end (unweighted)."""
+    keys = _check_same_keys(updates)
+    if not 0.0 <= trim_ratio < 0.5:
+        raise ValueError(f"trim_ratio must be in [0, 0.5), got {trim_ratio}")
+    n = len(updates)
+    cut = int(np.floor(trim_ratio * n))
+    out = {}
+    for key in keys:
+        ordered = np.sort(_stack(updates, key), axis=0)  # (N, *shape), sorted per coordinate
+        out[key] = ordered[cut : n - cut].mean(axis=0).astype(np.float32)
+    return out
+
+
+def delta(update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> Tensors:
+    return {k: update[k].astype(np.float64) - base[k].astype(np.float64) for k in update}
+
+
+def delta_norm(update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> float:
+    """||update - base|| over all tensors as one vector."""
+    return l2_norm(delta(update, base))
+
+
+def clip_update(
+    update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], clip_norm: float
+) -> tuple[Tensors, bool]:
+    """base + d * min(1, clip_norm / ||d||) with d = update - base; returns (clipped, whether it was clipped)."""
+    if clip_norm <= 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    d = delta(update, base)
+    norm = l2_norm(d)
+    if norm <= clip_norm:
+        return {k: np.asarray(v, dtype=np.float32) for k, v in update.items()}, False
+    scale = clip_norm / norm
+    return {k: (base[k].astype(np.float64) + d[k] * scale).astype(np.float32) for k in update}, True
+
+
+def lora_modules(keys: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Module prefix -> (A key, B key) for every module with both `lora_A.weight` and `lora_B.weight`."""
+    keys = set(keys)
+    return {
+        k[: -len(LORA_A)]: (k, k[: -len(LORA_A)] + LORA_B)
+        for k in keys
+        if k.endswith(LORA_A) and k[: -len(LORA_A)] + LORA_B in keys
+    }
+
+
+def factor_to_rank(product: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best rank-r factors (B, A) of `product` (out, in) in Frobenius norm: B = U_r sqrt(S_r), A = sqrt(S_r) V_r^T."""
+    u, s, vt = np.linalg.svd(product, full_matrices=False)  # (out, k), (k,), (k, in)
+    root = np.sqrt(s[:r])
+    b = u[:, :r] * root[None, :]  # (out, r)
+    a = root[:, None] * vt[:r]  # (r, in)
+    if b.shape[1] < r:  # product of lower rank than r (tiny matrices): pad with zeros
+        b = np.pad(b, ((0, 0), (0, r - b.shape[1])))
+        a = np.pad(a, ((0, r - a.shape[0]), (0, 0)))
+    return b, a
+
+
+def lora_exact(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> Tensors:
+    """Per LoRA module: mean_w(B_i @ A_i) factored back to the rank of the inputs; other keys by FedAvg."""
+    keys = _check_same_keys(updates)
+    w = _check_weights(weights, len(updates))
+    w = w / w.sum()
+    modules = lora_modules(keys)
+    paired = {k for pair in modules.values() for k in pair}
+    out = fedavg([{k: u[k] for k in keys if k not in paired} for u in updates], w) if len(paired) < len(keys) else {}
+    for key_a, key_b in modules.values():
+        r = updates[0][key_a].shape[0]
+        mean_product = sum(wi * (u[key_b].astype(np.float64) @ u[key_a].astype(np.float64)) for wi, u in zip(w, updates))
+        b, a = factor_to_rank(mean_product, r)  # (out, in) -> (out, r), (r, in)
+        out[key_a], out[key_b] = a.astype(np.float32), b.astype(np.float32)
+    return out
+
+
+def aggregate(
+    rule: str,
+    updates: Sequence[Mapping[str, np.ndarray]],
+    weights: Sequence[float],
+    *,
+    trim_ratio: float = 0.1,
+) -> Tensors:
+    """Dispatch to one rule by name (the run config's `aggregation.rule`)."""
+    if rule == "fedavg":
+        return fedavg(updates, weights)
+    if rule == "median":
+        return median(updates)
+    if rule == "trimmed_mean":
+        return trimmed_mean(updates, trim_ratio)
+    if rule == "lora_exact":
+        return lora_exact(updates, weights)
+    raise ValueError(f"unknown aggregation rule {rule!r}; one of {RULES}")

@@ -1,0 +1,67 @@
+"""What every service function works with: the database, the blob store, the settings, a clock.
+
+Service functions are plain functions `f(ctx, ...)`; REST and gRPC hold one `ServiceContext` and call them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from server.blobs import BlobStore
+from server.db import Database
+from server.db.models import Event
+from server.settings import Settings
+
+log = logging.getLogger("feddetox.coordinator")
+
+#: this process's Prometheus metrics (served by REST at /metrics)
+REGISTRY = CollectorRegistry()
+UPDATES_ACCEPTED = Counter("feddetox_updates_accepted", "Updates accepted", registry=REGISTRY)
+UPDATES_REFUSED = Counter("feddetox_updates_refused", "Updates refused, by reason", ["reason"], registry=REGISTRY)
+ROUNDS_FINISHED = Counter("feddetox_rounds_finished", "Rounds finished, by status", ["status"], registry=REGISTRY)
+ENROLMENTS = Counter("feddetox_enrolments", "Devices enrolled", registry=REGISTRY)
+BYTES_SERVED = Counter("feddetox_adapter_bytes_served", "Adapter bytes sent to devices", registry=REGISTRY)
+
+
+@dataclass
+class ServiceContext:
+    db: Database
+    blobs: BlobStore
+    settings: Settings
+    clock: Callable[[], float] = time.time
+    #: set to wake the round scheduler at once (after an accepted update, a newly seen device)
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def now(self) -> float:
+        return self.clock()
+
+    def poke(self) -> None:
+        self.wake.set()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def record(
+    session,
+    ctx: ServiceContext,
+    kind: str,
+    *,
+    run_id: str | None = None,
+    round_index: int | None = None,
+    device_id: str | None = None,
+    **detail: Any,
+) -> None:
+    """Append one audit event in the caller's transaction (so it commits or rolls back with the change)."""
+    session.add(
+        Event(at=ctx.now(), kind=kind, run_id=run_id, round_index=round_index, device_id=device_id, detail=detail)
+    )
