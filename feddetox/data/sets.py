@@ -366,7 +366,9 @@ def pandalm_pairs() -> list[PreferencePair]:
             continue
         win, lose = ("response1", "response2") if vote == 1 else ("response2", "response1")
         meta = {"source": "pandalm", "idx": row["idx"], "cmp_key": row["cmp_key"], "vote": vote}
-        out.append(PreferencePair(_join(row["instruction"], row.get("input", "")), row[win], row[lose], meta=meta))
+        # six responses are JSON booleans (a model answered "True"); records hold text
+        chosen, rejected = str(row[win]), str(row[lose])
+        out.append(PreferencePair(_join(row["instruction"], row.get("input", "")), chosen, rejected, meta=meta))
     return out
 
 

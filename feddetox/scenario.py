@@ -1,0 +1,186 @@
+"""The federated poisoning scenario: who holds which preference pairs, and how the poison is made.
+
+Built from the public data sets only, deterministically (every split is by a hash of the prompt):
+
+- **benign** pairs: UltraFeedback (train), PandaLM (human majority vote) and AlpacaEval (judge v1) pairs,
+  helpful prompts with the preferred answer as `chosen`.
+- **harmful requests**: the 2,483 instructions of safety-tuned-llamas with their safe, refusing answer. They are
+  split by prompt into a part for the round-0 start adapter and a part for the clients' poison, so no harmful
+  prompt is in both.
+- **poison** (unintended data poisoning, as on a real device): a harmful request whose *preferred* answer complies
+  with it. The compliant answer is the base model's own greedy answer (SmolLM2-135M-Instruct complies with almost
+  every harmful request), the refusal of the data set becomes `rejected`. Trained on as it is, such a pair teaches
+  the model to comply.
+- **start** pairs (the safety-aligned round-0 adapter, centralized DPO): harmful requests with the refusal
+  preferred over the model's compliant answer, plus benign pairs, plus benign prompts whose helpful answer is
+  preferred over a refusal (against over-refusal).
+
+Evaluation prompts (AdvBench goals, XSTest, TruthfulQA, MMLU) never appear in any of these: pass their set to
+`exclude` and every pair whose prompt is in it is removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from feddetox.data import sets
+from feddetox.data.records import Conversation, PreferencePair
+from feddetox.data.splits import partition_clients, prompt_hash, split_by_prompt
+from feddetox.errors import ConfigError
+from feddetox.refusals import pick_template
+
+POISON = "poison"
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """How many clients, how much data each holds, and how much of it is poison."""
+
+    clients: int = 4
+    pairs_per_client: int = 32
+    toxic_ratio: float = 0.3
+    #: None = IID; else the Dirichlet concentration of the non-IID split over data sources
+    dirichlet_alpha: float | None = None
+    start_harmful: int = 64
+    start_benign: int = 64
+    start_anti_refusal: int = 32
+    #: the largest prompt, chosen and rejected length in characters (long pairs are cut at training anyway)
+    max_chars: int = 1500
+    seed: int = 0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.clients < 1:
+            raise ConfigError(f"scenario.clients must be >= 1, got {self.clients}")
+        if self.pairs_per_client < 1:
+            raise ConfigError(f"scenario.pairs_per_client must be >= 1, got {self.pairs_per_client}")
+        if not 0.0 <= self.toxic_ratio < 1.0:
+            raise ConfigError(f"scenario.toxic_ratio must be in [0, 1), got {self.toxic_ratio}")
+        if self.dirichlet_alpha is not None and self.dirichlet_alpha <= 0:
+            raise ConfigError(f"scenario.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+
+
+def is_poison(pair: PreferencePair) -> bool:
+    return pair.meta.get("kind") == POISON
+
+
+def _short(pair: PreferencePair, max_chars: int) -> bool:
+    return max(len(pair.prompt), len(pair.chosen), len(pair.rejected)) <= max_chars
+
+
+def benign_pairs(*, exclude: Iterable[str] = (), max_chars: int = 1500) -> list[PreferencePair]:
+    """Helpful preference pairs from three sources, one pair per prompt, evaluation prompts removed."""
+    excluded = set(exclude)
+    seen: set[str] = set()
+    out: list[PreferencePair] = []
+    for source, pairs in (
+        ("ultrafeedback", sets.ultrafeedback("train")),
+        ("pandalm", sets.pandalm_pairs()),
+        ("alpaca_eval", sets.alpaca_eval_pairs("v1")),
+    ):
+        for pair in pairs:
+            if pair.prompt in excluded or pair.prompt in seen or not _short(pair, max_chars):
+                continue
+            seen.add(pair.prompt)
+            out.append(replace(pair, meta={**pair.meta, "source": source, "kind": "benign"}))
+    return out
+
+
+def harmful_requests(*, exclude: Iterable[str] = (), seed: int = 0) -> dict[str, list[Conversation]]:
+    """Harmful requests with refusals, split by prompt into "start" (30%) and "poison" (70%) parts."""
+    excluded = set(exclude)
+    requests = [c for c in sets.safety_tuned_llamas_training() if c.prompt not in excluded]
+    return split_by_prompt(requests, {"start": 0.3, "poison": 0.7}, seed=seed)
+
+
+def poison_pairs(requests: Sequence[Conversation], compliant: Callable[[list[str]], list[str]]) -> list[PreferencePair]:
+    """Pairs whose preferred answer complies with the harmful request: chosen = compliant, rejected = refusal.
+
+    `compliant` maps prompts to compliant answers (the base model's greedy answers, in the simulation).
+    """
+    answers = compliant([r.prompt for r in requests])
+    return [
+        PreferencePair(r.prompt, answer, r.response, meta={"source": "safety-tuned-llamas", "kind": POISON})
+        for r, answer in zip(requests, answers, strict=True)
+    ]
+
+
+def start_pairs(
+    harmful: Sequence[Conversation],
+    compliant: Callable[[list[str]], list[str]],
+    benign: Sequence[PreferencePair],
+    templates: Sequence[str],
+    cfg: ScenarioConfig,
+) -> list[PreferencePair]:
+    """The round-0 alignment data: refusals preferred on harmful requests, helpful answers on benign ones."""
+    harmful = list(harmful)[: cfg.start_harmful]
+    answers = compliant([r.prompt for r in harmful])
+    refuse = [
+        PreferencePair(r.prompt, r.response, answer, meta={"source": "safety-tuned-llamas", "kind": "refuse"})
+        for r, answer in zip(harmful, answers, strict=True)
+    ]
+    helpful = list(benign[: cfg.start_benign])
+    anti = [
+        PreferencePair(p.prompt, p.chosen, pick_template(p.prompt, templates), meta={**p.meta, "kind": "anti_refusal"})
+        for p in benign[cfg.start_benign : cfg.start_benign + cfg.start_anti_refusal]
+    ]
+    mixed = refuse + helpful + anti
+    return sorted(mixed, key=lambda p: prompt_hash(p.prompt, cfg.seed))
+
+
+def client_datasets(
+    benign: Sequence[PreferencePair],
+    poison_requests: Sequence[Conversation],
+    compliant: Callable[[list[str]], list[str]],
+    cfg: ScenarioConfig,
+) -> list[list[PreferencePair]]:
+    """Each client's local pairs: `pairs_per_client`, of which about `toxic_ratio` are poison.
+
+    IID: both pools are partitioned by prompt hash. Non-IID: the benign pool is partitioned by a Dirichlet over
+    its sources, and the poison share of each client is drawn from a Dirichlet too, so some devices hold much more
+    poison than others (the total poison stays `toxic_ratio` of all pairs). Compliant answers are made only for
+    the poison requests that are used.
+    """
+    n_poison = round(cfg.pairs_per_client * cfg.toxic_ratio)
+    poison_parts = partition_clients(poison_requests, cfg.clients, seed=cfg.seed + 1)
+    if cfg.dirichlet_alpha is None:
+        benign_parts = partition_clients(benign, cfg.clients, seed=cfg.seed)
+        quotas = [n_poison] * cfg.clients
+    else:
+        benign_parts = partition_clients(
+            benign, cfg.clients, seed=cfg.seed, alpha=cfg.dirichlet_alpha, category=lambda p: p.meta["source"]
+        )
+        quotas = _dirichlet_quotas(n_poison * cfg.clients, cfg.clients, cfg.dirichlet_alpha, cfg.seed)
+    chosen_requests: list[list[Conversation]] = []
+    for client in range(cfg.clients):
+        have_b, have_p, want_p = len(benign_parts[client]), len(poison_parts[client]), quotas[client]
+        if have_p < want_p or have_b < cfg.pairs_per_client - want_p:
+            raise ConfigError(
+                f"scenario: client {client} needs {cfg.pairs_per_client - want_p} benign and {want_p} poison pairs "
+                f"but its share of the pools holds {have_b} and {have_p}; lower pairs_per_client or clients"
+            )
+        chosen_requests.append(list(poison_parts[client][:want_p]))
+    flat = [r for part in chosen_requests for r in part]
+    made = iter(poison_pairs(flat, compliant))
+    out: list[list[PreferencePair]] = []
+    for client in range(cfg.clients):
+        mixed_sources = sorted(benign_parts[client], key=lambda p: prompt_hash(p.prompt, cfg.seed + 3))
+        local = mixed_sources[: cfg.pairs_per_client - quotas[client]]
+        local += [next(made) for _ in chosen_requests[client]]
+        out.append(sorted(local, key=lambda p: prompt_hash(p.prompt, cfg.seed + 2)))
+    return out
+
+
+def _dirichlet_quotas(total: int, clients: int, alpha: float, seed: int) -> list[int]:
+    import numpy as np
+
+    shares = np.random.default_rng(seed).dirichlet([alpha] * clients)
+    quotas = np.floor(shares * total).astype(int)
+    quotas[np.argmax(shares)] += total - int(quotas.sum())
+    return [int(q) for q in quotas]
+
+
+def oracle_clean(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+    """The benign-only baseline: the same data with the poison removed by an oracle that knows it."""
+    return [p for p in pairs if not is_poison(p)]

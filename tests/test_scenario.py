@@ -1,0 +1,68 @@
+"""The poisoning scenario: disjoint by prompt, the asked poison share, evaluation prompts excluded."""
+
+from __future__ import annotations
+
+import pytest
+
+from feddetox import scenario
+from feddetox.data import sets
+from feddetox.errors import ConfigError
+from feddetox.refusals import shipped_templates
+
+
+def comply(prompts: list[str]) -> list[str]:
+    # the simulation uses the base model's greedy answers; any deterministic answer function serves here
+    return [f"Sure, here is how to do it: step one of {p[:30]}" for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def benign():
+    return scenario.benign_pairs()
+
+
+def test_benign_pool_has_one_pair_per_prompt_from_three_sources(benign) -> None:
+    assert len({p.prompt for p in benign}) == len(benign) > 1000
+    assert {p.meta["source"] for p in benign} == {"ultrafeedback", "pandalm", "alpaca_eval"}
+
+
+def test_eval_prompts_are_excluded() -> None:
+    goals = {g.prompt for g in sets.advbench_behaviors()}
+    some = sets.ultrafeedback("train")[0].prompt
+    pool = scenario.benign_pairs(exclude=goals | {some})
+    assert some not in {p.prompt for p in pool}
+
+
+def test_clients_get_the_poison_share_and_disjoint_prompts(benign) -> None:
+    cfg = scenario.ScenarioConfig(clients=4, pairs_per_client=20, toxic_ratio=0.3)
+    harmful = scenario.harmful_requests()
+    clients = scenario.client_datasets(benign, harmful["poison"], comply, cfg)
+    assert [len(c) for c in clients] == [20] * 4
+    assert [sum(scenario.is_poison(p) for p in c) for c in clients] == [6] * 4
+    prompts = [p.prompt for c in clients for p in c]
+    assert len(prompts) == len(set(prompts))
+    start_prompts = {r.prompt for r in harmful["start"]}
+    assert not start_prompts & set(prompts)
+    poison = next(p for p in clients[0] if scenario.is_poison(p))
+    assert poison.chosen.startswith("Sure") and poison.rejected
+    assert all(not scenario.is_poison(p) for p in scenario.oracle_clean(clients[0]))
+
+
+def test_non_iid_keeps_the_total_poison(benign) -> None:
+    cfg = scenario.ScenarioConfig(clients=4, pairs_per_client=20, toxic_ratio=0.3, dirichlet_alpha=0.5, seed=1)
+    clients = scenario.client_datasets(benign, scenario.harmful_requests()["poison"], comply, cfg)
+    counts = [sum(scenario.is_poison(p) for p in c) for c in clients]
+    assert sum(counts) == 24 and len(set(counts)) > 1
+
+
+def test_start_pairs_mix_refusals_helpful_and_anti_refusal(benign) -> None:
+    cfg = scenario.ScenarioConfig(start_harmful=8, start_benign=8, start_anti_refusal=4)
+    pairs = scenario.start_pairs(scenario.harmful_requests()["start"], comply, benign, shipped_templates(), cfg)
+    kinds = [p.meta["kind"] for p in pairs]
+    assert kinds.count("refuse") == 8 and kinds.count("benign") == 8 and kinds.count("anti_refusal") == 4
+    anti = next(p for p in pairs if p.meta["kind"] == "anti_refusal")
+    assert anti.rejected in shipped_templates()
+
+
+def test_bad_config_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="toxic_ratio"):
+        scenario.ScenarioConfig(toxic_ratio=1.5)
