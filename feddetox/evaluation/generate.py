@@ -1,0 +1,136 @@
+"""Greedy, batched generation for evaluation: chat template, left padding, progress.
+
+    answers = generate(model, tokenizer, ["How do I bake bread?"], max_new_tokens=48)
+
+Prompts are sorted by length so a batch holds prompts of similar size (less padding), then the answers are
+put back in the caller's order. Left padding with an attention mask makes a prompt's greedy answer the same
+in any batch as alone (a test checks it). Works as it is with a PEFT model: its adapter stays on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+#: the prompt layout for a tokenizer without a chat template
+PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (where inputs must go)."""
+    return next(model.parameters()).device
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer, prompt: str, *, chat: bool = True) -> str:
+    """`prompt` as the user turn of the tokenizer's chat template, ready for the assistant's answer.
+
+    Without a chat template (or with `chat=False`) the prompt is laid out as `PLAIN_TEMPLATE`.
+    """
+    if chat and has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+    return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def encode_prompt(tokenizer, prompt: str, *, chat: bool = True) -> list[int]:
+    """Token ids of the formatted prompt; a chat template brings its own special tokens."""
+    text = format_prompt(tokenizer, prompt, chat=chat)
+    templated = chat and has_chat_template(tokenizer)
+    return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+
+def pad_id(tokenizer) -> int:
+    """The id used for padding: the pad token, else the end-of-sequence token, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Every id that ends an answer: the tokenizer's end of sequence and the model's generation config's."""
+    ids: list[int] = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, config_eos):
+        if value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if int(item) not in ids:
+                ids.append(int(item))
+    return ids
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (B, T), with every row padded on the left to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices sorted by length, longest first (a memory problem shows in the first batch, not the last)."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    chat: bool = True,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy answers to `prompts`, in their order, without the prompt and without special tokens.
+
+    `chat=True` wraps each prompt in the tokenizer's chat template as a user turn. At most
+    `max_new_tokens` tokens per answer; generation stops early at an end-of-turn token.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    from transformers import GenerationConfig
+
+    encoded = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
+    order = length_order([len(e) for e in encoded])
+    pad = pad_id(tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad,
+        eos_token_id=stop_ids(model, tokenizer) or None,
+    )
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    answers: list[str] = [""] * len(prompts)
+    try:
+        with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                ids, mask = left_pad([encoded[i] for i in batch], pad)  # (B, T)
+                out = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+                )  # (B, T + new)
+                new = out[:, ids.shape[1] :].cpu()
+                for row, i in enumerate(batch):
+                    answers[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return answers
