@@ -38,7 +38,6 @@ from feddetox.data.records import PreferencePair
 from feddetox.errors import (
     AuthError,
     BundleError,
-    ConflictError,
     ModelNotFoundError,
     NotFoundError,
     RateLimitedError,
@@ -300,7 +299,7 @@ class EdgeAgent:
                     "upload", f"{label} upload", round(done / 1e6, 2), round(total / 1e6, 2), " MB"
                 ),
             )
-        except (ConflictError, NotFoundError, UpdateRejected) as exc:
+        except (NotFoundError, UpdateRejected) as exc:
             # the round closed, the run stopped or the update failed validation: sending it again cannot help
             self.progress.line(f"{label} upload: refused, {exc.message}; the task is over")
             self.state.finish(update.assignment_id)

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DEVICE_ID_KEY = "x-feddetox-device-id"
 AUTHORIZATION_KEY = "authorization"
+REASON_KEY = "x-feddetox-reason"
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 16 << 20
 
@@ -84,9 +85,15 @@ class Receipt:
 
 
 def map_rpc_error(exc: grpc.RpcError, *, address: str, call: str) -> FedDetoxError:
-    """Turn a gRPC error into the FedDetoxError it stands for, naming the coordinator and the call."""
+    """Turn a gRPC error into the FedDetoxError it stands for, naming the coordinator and the call.
+
+    The coordinator may name the reason in the trailing metadata `x-feddetox-reason` (e.g. `round_closed`,
+    `rate_limited`, `too_large`); it decides between errors that share a status code.
+    """
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else None) or str(code)
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    reason = dict(trailing or ()).get(REASON_KEY, "")
     where = f"coordinator at {address} ({call})"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
         return UnavailableError(f"{where} is unreachable or not answering: {details}")
@@ -96,6 +103,17 @@ def map_rpc_error(exc: grpc.RpcError, *, address: str, call: str) -> FedDetoxErr
         else:
             hint = "the device credential was refused: delete credential.json in the state folder and enrol again"
         return AuthError(f"{where} refused the credentials: {details}", hint=hint)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if reason == RateLimitedError.code or "rate" in details.lower():
+            return RateLimitedError(f"{where}: {details}")
+        return TooLargeError(f"{where}: {details}")
+    if call == "UploadUpdate" and code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+    ):
+        return UpdateRejected(reason or "invalid", f"{where} refused the update: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return PermissionDeniedError(f"{where} denied the request: {details}")
     if code == grpc.StatusCode.NOT_FOUND:
@@ -103,13 +121,7 @@ def map_rpc_error(exc: grpc.RpcError, *, address: str, call: str) -> FedDetoxErr
     if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
         return ConflictError(f"{where}: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        if call == "UploadUpdate":
-            return UpdateRejected("invalid", f"{where} rejected the update: {details}")
         return ProtocolError(f"{where} rejected the request: {details}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        if "rate" in details.lower():
-            return RateLimitedError(f"{where}: {details}")
-        return TooLargeError(f"{where}: {details}")
     return ProtocolError(f"{where} failed with {code}: {details}")
 
 

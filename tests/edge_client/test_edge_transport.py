@@ -13,7 +13,7 @@ from minimal_coordinator import CoordinatorState, MinimalCoordinator, Round
 from edge_client.state import Credential, PendingUpdate
 from edge_client.transport import CoordinatorClient
 from feddetox.adapters import sha256_bytes
-from feddetox.errors import AuthError, ChecksumError, ConfigError, ConflictError, UnavailableError
+from feddetox.errors import AuthError, ChecksumError, ConfigError, UnavailableError, UpdateRejected
 from feddetox.sanitize import SanitizeCounts
 
 BLOB = os.urandom(20_000)
@@ -158,7 +158,7 @@ def test_a_different_update_under_a_used_key_is_refused(coordinator):
     with _client(coordinator) as client:
         client.enrol("token-a", device_name="pi-1")
         client.upload_update(_update(first), first)
-        with pytest.raises(ConflictError):
+        with pytest.raises(UpdateRejected, match="refused the update"):
             client.upload_update(_update(second), second)
     assert coordinator.state.updates["k" * 32].blob == first
 
