@@ -1,0 +1,331 @@
+"""Run the paper's comparison: the same clients, data and seeds under each condition, evaluated every round.
+
+Steps, each cached in the output folder so that an interrupted run resumes where it stopped:
+1. the base model (pulled if it is a registry name) and a guardian bundle (built if asked);
+2. the scenario: benign pools, harmful requests, the base model's compliant answers (the poison);
+3. the round-0 start adapter (centralized LoRA-DPO towards refusals on harmful requests, helpfulness elsewhere);
+4. per federated condition, a fresh coordinator process and one edge process per client, `rounds` rounds;
+5. the centralized baseline: the pooled client data sanitized on the server, the same number of optimizer steps;
+6. evaluation of the base model, the start adapter and every round's global adapter; the table and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from feddetox import adapters, scenario
+from feddetox.data.io import write_pairs
+from feddetox.data.records import Conversation, PreferencePair
+from feddetox.errors import ConfigError
+from feddetox_cli.simulation.config import LABELS, SimulationConfig
+from feddetox_cli.simulation.federation import Coordinator, Device
+
+POLICY = {"benign": "none", "none": "none", "drop": "drop", "replace": "replace"}
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _json_dump(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+class Simulation:
+    """Holds the base model once (in the trainer) and runs every step of the comparison."""
+
+    def __init__(self, cfg: SimulationConfig, out: Path, *, on_coordinator: Callable[[str], None] | None = None):
+        self.cfg, self.out = cfg, Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.on_coordinator = on_coordinator or (lambda url: _log(f"dashboard: {url}/"))
+        self.results: dict[str, list[dict[str, Any]]] = {}
+
+    # -- set-up --------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        import torch
+
+        from feddetox.evaluation.suite import EvalConfig, eval_prompt_set, select_eval_sets
+        from feddetox.guardian import load_guardian
+        from feddetox.models.loading import resolve, weights_sha256
+        from feddetox.training import LoraDpoTrainer
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        _log(f"base model {cfg.base_model}")
+        self.base_path = resolve(_ensure_model(cfg.base_model))
+        self.base_sha = weights_sha256(self.base_path)
+        self.guardian_dir = _ensure_guardian(cfg.guardian, self.out)
+        self.guardian = load_guardian(self.guardian_dir)
+        _log(f"guardian {self.guardian.bundle_id} (threshold {self.guardian.threshold:.3f})")
+        self.eval_cfg = EvalConfig.preset(cfg.eval_preset, **cfg.eval_overrides)
+        self.eval_sets = select_eval_sets(self.eval_cfg)
+        exclude = eval_prompt_set(self.eval_cfg, self.eval_sets)
+        self.trainer = LoraDpoTrainer(str(self.base_path), cfg.lora)
+        self.benign = scenario.benign_pairs(exclude=exclude)
+        self.harmful = scenario.harmful_requests(exclude=exclude, seed=cfg.seed)
+        _log(f"data: {len(self.benign)} benign pairs, {sum(map(len, self.harmful.values()))} harmful requests")
+
+    def compliant(self, prompts: list[str]) -> list[str]:
+        """The base model's greedy answers (adapter off), cached on disk by prompt: the poison's chosen side."""
+        from feddetox.evaluation.generate import generate
+
+        cache_path = self.out / "cache" / "compliant.jsonl"
+        cache: dict[str, str] = {}
+        if cache_path.exists():
+            for line in cache_path.read_text().splitlines():
+                row = json.loads(line)
+                cache[row["prompt"]] = row["answer"]
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            _log(f"generating the base model's answers to {len(missing)} harmful requests")
+            model = self.trainer.model
+            with model.disable_adapter():
+                answers = generate(
+                    model, self.trainer.tokenizer, missing, max_new_tokens=self.cfg.compliant_max_new_tokens,
+                    batch_size=8, desc="compliant answers",
+                )  # fmt: skip
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with cache_path.open("a") as handle:
+                for prompt, answer in zip(missing, answers, strict=True):
+                    handle.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+                    cache[prompt] = answer
+        return [cache[p] for p in prompts]
+
+    def train_config(self, *, steps: int, batch_size: int, learning_rate: float):
+        from feddetox.training import TrainConfig
+
+        t = self.cfg.train
+        return TrainConfig(
+            beta=t.beta, learning_rate=learning_rate, local_steps=steps, batch_size=batch_size,
+            max_prompt_tokens=t.max_prompt_tokens, max_response_tokens=t.max_response_tokens, seed=self.cfg.seed,
+        )  # fmt: skip
+
+    def start_adapter(self) -> dict[str, Any]:
+        """The round-0 adapter, trained once and kept in the output folder (PEFT format)."""
+        from feddetox.refusals import shipped_templates
+
+        folder = self.out / "start_adapter"
+        if (folder / adapters.ADAPTER_WEIGHTS).exists():
+            return adapters.load_peft(folder)[0]
+        s = self.cfg.start
+        pairs = scenario.start_pairs(
+            self.harmful["start"], self.compliant, self.benign[-4 * s.steps * s.batch_size :], shipped_templates(),
+            self.cfg.scenario,
+        )  # fmt: skip
+        _log(f"training the start adapter: {len(pairs)} pairs, {s.steps} steps")
+        cfg = self.train_config(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate)
+        result = self.trainer.train(pairs, self.trainer.init_adapter(self.cfg.seed), cfg, progress=True)
+        adapters.save_peft(folder, result.adapter, self.cfg.lora, self.cfg.base_model)
+        _json_dump(self.out / "start_adapter_metrics.json", result.metrics)
+        return result.adapter
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, key: str, adapter: dict[str, Any] | None) -> dict[str, Any]:
+        """Metrics of the base model (adapter None) or of an adapter; answers kept in eval/<key>.json."""
+        from feddetox.evaluation.suite import run_eval, save_eval
+
+        path = self.out / "eval" / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())["metrics"]
+        _log(f"evaluating {key}")
+        model, tokenizer = self.trainer.model, self.trainer.tokenizer
+        if adapter is None:
+            with model.disable_adapter():
+                result = run_eval(model, tokenizer, self.eval_cfg, guardian=self.guardian, sets=self.eval_sets)
+        else:
+            self.trainer.load_adapter(adapter)
+            result = run_eval(model, tokenizer, self.eval_cfg, guardian=self.guardian, sets=self.eval_sets)
+        save_eval(result, path)
+        return result["metrics"]
+
+    # -- conditions ----------------------------------------------------------------------------------------
+    def client_data(self) -> list[list[PreferencePair]]:
+        return scenario.client_datasets(self.benign, self.harmful["poison"], self.compliant, self.cfg.scenario)
+
+    def federated(self, condition: str, clients: list[list[PreferencePair]], start: dict[str, Any]) -> list[dict]:
+        """One federated run: a fresh coordinator, one edge process per client; the global adapter per round."""
+        cfg = self.cfg
+        folder = self.out / condition
+        done = folder / "adapters.json"
+        if done.exists():
+            return [adapters.from_bytes(bytes.fromhex(h)) for h in json.loads(done.read_text())]
+        data_files = []
+        for i, pairs in enumerate(clients):
+            local = scenario.oracle_clean(pairs) if condition == "benign" else pairs
+            path = folder / "data" / f"client{i}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_pairs(path, local)
+            data_files.append(path)
+        run_config = {
+            "name": f"{cfg.name}-{condition}",
+            "base_model": cfg.base_model,
+            "base_model_sha256": self.base_sha,
+            "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
+                     "target_modules": list(cfg.lora.target_modules)},
+            "rounds": cfg.rounds,
+            "clients_per_round": len(clients),
+            "min_clients": len(clients),
+            "round_deadline_s": cfg.round_deadline_s,
+            "aggregation": {"rule": cfg.aggregation},
+            "training": {"beta": cfg.train.beta, "learning_rate": cfg.train.learning_rate,
+                         "local_steps": cfg.train.local_steps, "batch_size": cfg.train.batch_size,
+                         "max_prompt_tokens": cfg.train.max_prompt_tokens,
+                         "max_response_tokens": cfg.train.max_response_tokens, "seed": cfg.seed},
+            "guardian_id": self.guardian.bundle_id,
+            "sanitization_policy": POLICY[condition],
+            "selection_seed": cfg.seed,
+        }  # fmt: skip
+        _log(f"condition {LABELS[condition]}: coordinator + {len(clients)} devices, {cfg.rounds} rounds")
+        with Coordinator(folder / "coordinator") as coord:
+            self.on_coordinator(coord.url)
+            run_id = coord.create_run(run_config, adapters.to_bytes(start))
+            devices = [
+                Device.start(
+                    coord,
+                    name=f"{condition}-device{i}",
+                    data=path,
+                    guardian=self.guardian_dir,
+                    state=folder / f"device{i}",
+                    model=cfg.base_model,
+                    max_rounds=cfg.rounds,
+                    threads=cfg.edge_threads,
+                )  # fmt: skip
+                for i, path in enumerate(data_files)
+            ]
+            try:
+                coord.wait_rounds(run_id, cfg.rounds, timeout_s=cfg.round_deadline_s * cfg.rounds, devices=devices)
+                rounds = coord.rounds(run_id)
+                metrics = coord.metrics(run_id)
+                versions = [r["result_version"] for r in sorted(rounds, key=lambda r: r["index"])]
+                blobs = [coord.adapter_bytes(run_id, v) for v in versions]
+            finally:
+                for device in devices:
+                    device.stop()
+        _json_dump(folder / "rounds.json", {"run_id": run_id, "rounds": rounds, "metrics": metrics})
+        _json_dump(done, [b.hex() for b in blobs])
+        return [adapters.from_bytes(b) for b in blobs]
+
+    def centralized(self, clients: list[list[PreferencePair]], start: dict[str, Any]) -> list[dict]:
+        """The pooled client data, sanitized on the server, trained with the federated run's optimizer steps."""
+        from feddetox.refusals import shipped_templates
+        from feddetox.sanitize import sanitize_with
+
+        folder = self.out / "centralized"
+        paths = [folder / f"round{r}" for r in range(1, self.cfg.rounds + 1)]
+        if all((p / adapters.ADAPTER_WEIGHTS).exists() for p in paths):
+            return [adapters.load_peft(p)[0] for p in paths]
+        pooled = [p for c in clients for p in c]
+        scorer = _server_scorer(self.guardian)
+        sanitized = sanitize_with(scorer, pooled, "replace", shipped_templates())
+        _json_dump(folder / "sanitization.json", asdict(sanitized.counts))
+        t = self.cfg.train
+        cfg = self.train_config(
+            steps=t.local_steps, batch_size=t.batch_size * len(clients), learning_rate=t.learning_rate
+        )
+        out, adapter = [], start
+        for r, path in enumerate(paths, start=1):
+            _log(f"centralized: round {r}/{self.cfg.rounds}")
+            result = self.trainer.train(sanitized.pairs, adapter, replace_seed(cfg, self.cfg.seed + r), progress=True)
+            adapter = result.adapter
+            adapters.save_peft(path, adapter, self.cfg.lora, self.cfg.base_model)
+            out.append(adapter)
+        return out
+
+    # -- the whole comparison ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        self.prepare()
+        start = self.start_adapter()
+        base_metrics = self.evaluate("base", None)
+        start_metrics = self.evaluate("start", start)
+        clients = self.client_data()
+        per_round: dict[str, list[dict[str, Any]]] = {}
+        for condition in self.cfg.conditions:
+            if condition == "centralized":
+                round_adapters = self.centralized(clients, start)
+            else:
+                round_adapters = self.federated(condition, clients, start)
+            per_round[condition] = [start_metrics] + [
+                self.evaluate(f"{condition}_round{r}", a) for r, a in enumerate(round_adapters, start=1)
+            ]
+        result = {
+            "config": _config_json(self.cfg),
+            "guardian": {"bundle_id": self.guardian.bundle_id, "threshold": self.guardian.threshold},
+            "clients": [{"pairs": len(c), "poison": sum(scenario.is_poison(p) for p in c)} for c in clients],
+            "base": base_metrics,
+            "start": start_metrics,
+            "per_round": per_round,
+            "final": {c: rows[-1] for c, rows in per_round.items()},
+            "seconds": round(time.time() - started, 1),
+        }
+        _json_dump(self.out / "results.json", result)
+        return result
+
+
+def replace_seed(cfg: Any, seed: int) -> Any:
+    from dataclasses import replace
+
+    return replace(cfg, seed=seed)
+
+
+def _config_json(cfg: SimulationConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _ensure_model(name: str) -> str:
+    from feddetox.models.registry import REGISTRY
+
+    if name in REGISTRY:
+        from feddetox.models.store import is_cached, pull
+
+        if not is_cached(name):
+            pull(name)
+    return name
+
+
+def _ensure_guardian(spec: str, out: Path) -> Path:
+    """A bundle folder as it is, or "build:PRESET": the cached bundle of that preset, built if missing."""
+    if not spec.startswith("build:"):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"field 'guardian': bundle folder {path} does not exist")
+        return path
+    import subprocess
+    import sys
+
+    from feddetox.settings import home_dir
+
+    preset = spec.split(":", 1)[1]
+    bundle = home_dir() / "guardians" / preset
+    if not (bundle / "manifest.json").exists():
+        _log(f"building the guardian bundle (preset {preset}); it is cached in {bundle}")
+        cmd = [sys.executable, "-m", "feddetox_cli", "guardian", "build", "--preset", preset, "--out", str(bundle)]
+        subprocess.run(cmd, check=True)
+    return bundle
+
+
+def _server_scorer(guardian: Any) -> Any:
+    """What sanitizes the pooled data on the server: the guardian's teacher if it is cached, else the student."""
+    try:
+        from feddetox.guardian.teacher import load_default_teacher
+
+        teacher = load_default_teacher()
+    except Exception:  # no cached teacher: the server uses the same student the devices use
+        return guardian
+    return _TeacherScorer(teacher, guardian.threshold)
+
+
+class _TeacherScorer:
+    def __init__(self, teacher: Any, threshold: float) -> None:
+        self.teacher, self.threshold = teacher, threshold
+
+    def score(self, conversations: list[Conversation]) -> Any:
+        return self.teacher.score(conversations)
