@@ -96,16 +96,27 @@ class Progress:
     def line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def fraction(self, key: str, prefix: str, done: float, total: float, unit: str = "") -> None:
-        """A line at every 25% step of `total` (and at the end)."""
+    def fraction(self, key: str, prefix: str, done: int, total: int, show: Callable[[int], str] = str) -> None:
+        """A line at every 25% step of `total` (and one at the end)."""
         share = 1.0 if total <= 0 else done / total
-        step = int(share * 4) / 4
-        if step <= self._last.get(key, -1.0) and share < 1.0:
+        step = 1.0 if share >= 1.0 else int(share * 4) / 4
+        if step <= self._last.get(key, -1.0):
             return
-        if share >= 1.0 and self._last.get(key) == 1.0:
-            return
-        self._last[key] = 1.0 if share >= 1.0 else step
-        self.line(f"{prefix} {done:g}/{total:g}{unit} ({share:.0%})")
+        self._last[key] = step
+        self.line(f"{prefix} {show(done)}/{show(total)} ({share:.0%})")
+
+    def reset(self) -> None:
+        """Start counting afresh (a new task)."""
+        self._last.clear()
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 kB', 1_800_000 -> '1.80 MB'."""
+    if n < 1000:
+        return f"{n} B"
+    if n < 1_000_000:
+        return f"{n / 1000:.1f} kB"
+    return f"{n / 1e6:.2f} MB"
 
 
 class EdgeAgent:
@@ -187,6 +198,7 @@ class EdgeAgent:
         if current is None or current[0].assignment_id != assignment.assignment_id:
             self.state.begin(assignment)
         label = f"[{assignment.label}]"
+        self.progress.reset()
         self.progress.line(f"{label} task {assignment.assignment_id}: policy {assignment.sanitization_policy}")
         model = self._check_model(assignment)
         guardian = self._check_guardian(assignment)
@@ -209,17 +221,17 @@ class EdgeAgent:
             self.progress.line(f"{label} download: none (the run starts from a fresh adapter)")
             return None
         blob = self.state.cached_adapter(assignment.adapter_sha256)
-        size_mb = assignment.adapter_size / 1e6
         if blob is not None:
             self.progress.line(f"{label} download: global adapter v{assignment.adapter_version} is cached")
         else:
-            self.progress.line(f"{label} download: global adapter v{assignment.adapter_version} ({size_mb:.2f} MB)")
+            size = human_bytes(assignment.adapter_size)
+            self.progress.line(f"{label} download: global adapter v{assignment.adapter_version} ({size})")
             partial = self.state.partial_path(assignment.adapter_sha256)
             blob = self.client.download_adapter(
                 assignment,
                 partial,
                 progress=lambda done, total: self.progress.fraction(
-                    "download", f"{label} download", round(done / 1e6, 2), round(total / 1e6, 2), " MB"
+                    "download", f"{label} download", done, total, human_bytes
                 ),
             )
             self.state.store_adapter(blob)
@@ -241,7 +253,7 @@ class EdgeAgent:
             self._templates,
             self.config.sanitize_batch_size,
             threshold=assignment.guardian_threshold,
-            progress=lambda done, total: self.progress.fraction("sanitize", f"{label} sanitize", done, total, " pairs"),
+            progress=lambda done, total: self.progress.fraction("sanitize", f"{label} sanitize: scored", done, total),
         )
         c = result.counts
         self.progress.line(
@@ -290,13 +302,13 @@ class EdgeAgent:
         return update, blob
 
     def _upload(self, update: PendingUpdate, blob: bytes, label: str) -> Receipt | None:
-        self.progress.line(f"{label} upload: {update.size_bytes / 1e6:.2f} MB, key {update.idempotency_key[:12]}")
+        self.progress.line(f"{label} upload: {human_bytes(update.size_bytes)}, key {update.idempotency_key[:12]}")
         try:
             receipt = self.client.upload_update(
                 update,
                 blob,
                 progress=lambda done, total: self.progress.fraction(
-                    "upload", f"{label} upload", round(done / 1e6, 2), round(total / 1e6, 2), " MB"
+                    "upload", f"{label} upload", done, total, human_bytes
                 ),
             )
         except (NotFoundError, UpdateRejected) as exc:
@@ -317,6 +329,7 @@ class EdgeAgent:
             return False
         update, blob = pending
         label = f"[run {update.run_id} round {update.round_index}]"
+        self.progress.reset()
         self.progress.line(f"{label} resuming the upload of assignment {update.assignment_id}")
         self._upload(update, blob, label)
         return True
