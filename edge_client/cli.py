@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -101,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge_client.transport import CoordinatorClient
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    _limit_threads()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # stop like Ctrl-C: the state folder keeps the work
     if not args.data.is_file():
         raise DataError("data file not found", path=str(args.data))
     if args.max_rounds is not None and args.max_rounds < 1:
@@ -124,6 +128,22 @@ def _run(args: argparse.Namespace) -> int:
         done = agent.run(enrol_token=args.enrol_token)
     print(f"done: {done} task(s)")
     return 0
+
+
+def _limit_threads() -> None:
+    """Honour FEDDETOX_TORCH_THREADS (a board shares its few cores with the OS and the guardian)."""
+    threads = os.environ.get("FEDDETOX_TORCH_THREADS")
+    if not threads:
+        return
+    if not threads.isdigit() or int(threads) < 1:
+        raise ConfigError(f"FEDDETOX_TORCH_THREADS must be a positive integer, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _sanitize(args: argparse.Namespace) -> int:
