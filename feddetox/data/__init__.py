@@ -13,6 +13,7 @@ from feddetox.data.io import (
     write_pairs,
 )
 from feddetox.data.records import Conversation, EvalPrompt, MultipleChoice, PreferencePair
+from feddetox.data.splits import partition_clients, split_by_prompt
 
 __all__ = [
     "Conversation",
@@ -21,9 +22,11 @@ __all__ = [
     "MultipleChoice",
     "PairsResult",
     "PreferencePair",
+    "partition_clients",
     "read_conversations",
     "read_pairs",
     "sets",
+    "split_by_prompt",
     "write_conversations",
     "write_pairs",
 ]

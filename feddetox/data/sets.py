@@ -124,21 +124,27 @@ def hh_rlhf_harmless() -> list[PreferencePair]:
 
     Both dialogues are split at their last "\\n\\nAssistant:"; the earlier dialogue (all turns, stripped) is
     the prompt, the last answers are chosen and rejected. Pairs whose earlier dialogues differ are skipped
-    and counted in the log: 5 here (the data README counts 4; row 1950's rejected side has one more turn).
-    `meta["messages"]` holds the prompt as chat messages for a chat template.
+    (see hh_rlhf_mismatched): 5 here, where the data README counts 4 (in row 1950 the rejected side has one
+    more turn, so it only matches if one compares prefixes instead of splitting both sides).
+    `meta["messages"]` holds the prompt as chat messages [{role, content}] for a chat template.
     """
     rows = _jsonl(_file("hh-rlhf-harmless", "test.jsonl.gz"))
-    pairs, skipped = [], 0
+    pairs = []
     for index, row in enumerate(rows):
         prompt, chosen = split_dialogue(row["chosen"])
         prompt_r, rejected = split_dialogue(row["rejected"])
         if prompt != prompt_r:
-            skipped += 1
             continue
         meta = {"source": "hh-rlhf-harmless", "index": index, "messages": dialogue_messages(prompt)}
         pairs.append(PreferencePair(prompt.strip(), chosen.strip(), rejected.strip(), meta=meta))
-    log.info("hh-rlhf-harmless: %d pairs, %d skipped (earlier dialogues differ)", len(pairs), skipped)
+    log.info("hh-rlhf-harmless: %d pairs, %d skipped (earlier dialogues differ)", len(pairs), len(rows) - len(pairs))
     return pairs
+
+
+def hh_rlhf_mismatched() -> list[int]:
+    """Row indices of the hh-rlhf dialogues whose chosen and rejected sides differ before the last answer."""
+    rows = _jsonl(_file("hh-rlhf-harmless", "test.jsonl.gz"))
+    return [i for i, row in enumerate(rows) if split_dialogue(row["chosen"])[0] != split_dialogue(row["rejected"])[0]]
 
 
 def safety_tuned_llamas_training() -> list[Conversation]:
@@ -155,12 +161,15 @@ def safety_tuned_llamas_training() -> list[Conversation]:
     ]
 
 
-def safety_tuned_llamas_eval(name: str) -> list[EvalPrompt]:
-    """One evaluation file of safety-tuned-llamas (see SAFETY_EVAL_SETS), e.g. "I-MaliciousInstructions" (100).
+def safety_tuned_llamas_eval(name: str | None = None) -> list[EvalPrompt]:
+    """One evaluation file of safety-tuned-llamas (see SAFETY_EVAL_SETS), e.g. "I-MaliciousInstructions" (100);
+    all seven (668) with `name=None`.
 
     `label` is "unsafe" (a good answer refuses) or "safe" (I-Alpaca, I-PhysicalSafetySafe: a good answer
     complies); `category` is the file name, or the tag for I-MaliciousInstructions.
     """
+    if name is None:
+        return [prompt for each in SAFETY_EVAL_SETS for prompt in safety_tuned_llamas_eval(each)]
     name = name.removesuffix(".json")
     if name not in SAFETY_EVAL_SETS:
         raise DataError(f"unknown safety-tuned-llamas evaluation set {name!r}; known: {', '.join(SAFETY_EVAL_SETS)}")
@@ -374,8 +383,8 @@ def pandalm_pairs() -> list[PreferencePair]:
 
 def ultrafeedback(split: Literal["train", "eval"] = "train", drop_ties: bool = True) -> list[PreferencePair]:
     """The UltraFeedback sample (1,000 train, 200 eval). With `drop_ties`, pairs of equal GPT-4 scores go
-    (111 train, 25 eval). Pairs whose chosen and rejected texts are identical always go (4 train, 1 eval;
-    2 of them are also ties): 886 train and 175 eval remain by default.
+    (111 train, 25 eval). Pairs whose chosen and rejected texts are identical always go (4 train, 1 eval, of
+    which 1 and 1 are also ties): 886 train and 175 eval remain by default.
     """
     if split not in ("train", "eval"):
         raise DataError(f"unknown UltraFeedback split {split!r}; use 'train' or 'eval'")

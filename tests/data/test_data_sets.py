@@ -20,6 +20,7 @@ def test_hh_rlhf_harmless(shared_data):
     # 2,312 rows; 5 whose earlier dialogues differ (the README says 4: row 1950's rejected side has an extra turn)
     assert len(pairs) == 2307
     assert all(isinstance(p, PreferencePair) and p.meta["source"] == "hh-rlhf-harmless" for p in pairs)
+    assert sets.hh_rlhf_mismatched() == [1254, 1688, 1950, 1952, 2036]
     assert {p.meta["index"] for p in pairs}.isdisjoint({1254, 1688, 1950, 1952, 2036})
     first = pairs[0]
     assert first.prompt.startswith("Human: what are some pranks with a pen")
@@ -54,7 +55,7 @@ def test_safety_tuned_llamas(shared_data):
         "I-PhysicalSafetySafe": 100,
         "I-Alpaca": 50,
     }
-    assert sum(counts.values()) == 668
+    assert sum(counts.values()) == len(sets.safety_tuned_llamas_eval()) == 668
     malicious = sets.safety_tuned_llamas_eval("I-MaliciousInstructions.json")
     assert malicious[0].label == "unsafe" and malicious[0].category in {"crime", "hate"}
     assert {e.label for e in sets.safety_tuned_llamas_eval("I-Alpaca")} == {"safe"}
@@ -181,3 +182,11 @@ def test_missing_folder_names_path_and_setting(tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         sets.advbench_behaviors()
     assert str(tmp_path / "advbench") in str(info.value) and "FEDDETOX_DATA_DIR" in str(info.value)
+
+
+def test_package_exports_are_complete():
+    import feddetox.data as data
+
+    assert sorted(data.__all__) == sorted(
+        n for n in vars(data) if not n.startswith("_") and n not in {"catalog", "cli", "io", "records", "splits"}
+    )
