@@ -102,7 +102,7 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, 
 
 def _iter_jsonl(path: Path, *, gz: bool) -> Iterator[tuple[int, dict[str, Any] | _Invalid]]:
     opener = gzip.open if gz else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with opener(path, "rt", encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -115,7 +115,7 @@ def _iter_jsonl(path: Path, *, gz: bool) -> Iterator[tuple[int, dict[str, Any] |
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any] | _Invalid]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as exc:
@@ -127,7 +127,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any] | _Invalid]]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | _Invalid]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheets write a byte-order mark
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return

@@ -99,6 +99,12 @@ def test_csv_errors_name_the_physical_line(tmp_path):
     assert result.pairs[1].prompt == "multi\nline"
 
 
+def test_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("prompt,chosen,rejected\np,c,r\n".encode("utf-8-sig"))
+    assert read_pairs(path).pairs == [PreferencePair("p", "c", "r")]
+
+
 def test_json_record_number(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([PAIRS[0], {"prompt": "p", "chosen": None, "rejected": "r"}]), encoding="utf-8")
