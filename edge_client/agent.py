@@ -164,10 +164,11 @@ class EdgeAgent:
 
     def run(self, enrol_token: str | None = None) -> int:
         """Work until `max_rounds` tasks are over (or forever); returns the number of tasks done."""
-        self.ensure_enrolled(enrol_token)
         done, down_since, failures = 0, None, 0
         while self.config.max_rounds is None or done < self.config.max_rounds:
             try:
+                if self.client.credential is None:
+                    self.ensure_enrolled(enrol_token)
                 if self._resume_pending():
                     done += 1
                     continue

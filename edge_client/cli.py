@@ -98,13 +98,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_client.agent import AgentConfig, EdgeAgent
-    from edge_client.state import DeviceState
-    from edge_client.transport import CoordinatorClient
-
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     _limit_threads()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # stop like Ctrl-C: the state folder keeps the work
+    # SIGTERM stops like Ctrl-C: the state folder keeps the work done so far
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run_agent(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from edge_client.agent import AgentConfig, EdgeAgent
+    from edge_client.state import DeviceState
+    from edge_client.transport import CoordinatorClient, RetryPolicy
+
     if not args.data.is_file():
         raise DataError("data file not found", path=str(args.data))
     if args.max_rounds is not None and args.max_rounds < 1:
@@ -122,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.device_name:
         config.device_name = args.device_name
     state = DeviceState(args.state or home_dir() / "device")
-    with CoordinatorClient(args.coordinator, ca_file=args.ca_file) as client:
+    retry = RetryPolicy() if args.give_up_after is None else RetryPolicy().within(args.give_up_after)
+    with CoordinatorClient(args.coordinator, ca_file=args.ca_file, retry=retry) as client:
         agent = EdgeAgent(client, state, config)
         print(f"guardian {agent.guardian.bundle_id} (threshold {agent.guardian.threshold:g}); state {state.root}")
         done = agent.run(enrol_token=args.enrol_token)

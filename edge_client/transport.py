@@ -19,7 +19,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -73,6 +73,14 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """The wait after failed try number `attempt` (1-based)."""
         return min(self.max_delay_s, self.initial_s * self.multiplier ** (attempt - 1))
+
+    def within(self, seconds: float) -> RetryPolicy:
+        """The same policy with no more tries than fit in `seconds` of waiting (at least one try)."""
+        attempts, waited = 1, 0.0
+        while attempts < self.max_attempts and waited + self.delay(attempts) <= seconds:
+            waited += self.delay(attempts)
+            attempts += 1
+        return replace(self, max_attempts=attempts)
 
 
 @dataclass(frozen=True)
