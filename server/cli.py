@@ -10,6 +10,7 @@ feddetox coordinator wait --run RUN_ID [--rounds N] [--timeout S]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +38,23 @@ def _settings(args: argparse.Namespace):
     if getattr(args, "dev", False):
         overrides["dev_mode"] = True
     return load_settings(**overrides)
+
+
+def _uvicorn_server(config):
+    """uvicorn's server, except that it does not re-raise SIGTERM/SIGINT after its shutdown, so that `serve`
+    can stop gRPC and the scheduler cleanly and exit 0."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    getattr(self, "_captured_signals", []).clear()
+
+    return Server(config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -69,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     try:
-        uvicorn.Server(config).run()  # returns on SIGTERM / SIGINT
+        _uvicorn_server(config).run()  # returns on SIGTERM / SIGINT
     finally:
         print("feddetox coordinator: shutting down", flush=True)
         grpc_server.stop(grace=5).wait(10)
