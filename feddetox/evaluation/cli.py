@@ -63,6 +63,8 @@ def _run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     cfg = EvalConfig.preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
+    if args.adapter is not None:
+        _check_adapter(args.adapter)  # before the minutes of loading, not after
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -86,15 +88,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_adapter(model, adapter: Path):
-    from peft import PeftModel
-
+def _check_adapter(adapter: Path) -> None:
     from feddetox.errors import ModelNotFoundError
 
     if not (adapter / "adapter_config.json").is_file():
         raise ModelNotFoundError(
             f"adapter folder {adapter} has no adapter_config.json", hint="pass a PEFT adapter folder to --adapter"
         )
+
+
+def _with_adapter(model, adapter: Path):
+    from peft import PeftModel
+
     return PeftModel.from_pretrained(model, str(adapter)).eval()
 
 

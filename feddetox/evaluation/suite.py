@@ -199,6 +199,7 @@ def run_eval(
     with its prompt and judgements; `items` the per-question multiple-choice and GSM8K results.
     """
     sets = sets or select_eval_sets(cfg)
+    cpu_start = time.process_time()
     seconds: dict[str, float] = {}
     metrics: dict[str, Any] = {}
     items: dict[str, Any] = {}
@@ -247,6 +248,7 @@ def run_eval(
         items["gsm8k"] = res["items"]
         seconds["gsm8k"] = time.perf_counter() - start
     seconds["total"] = sum(seconds.values())
+    seconds["cpu"] = time.process_time() - cpu_start  # all threads of this process: compare with total
 
     return {
         "format": RESULT_FORMAT,

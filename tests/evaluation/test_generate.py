@@ -1,0 +1,67 @@
+"""Batched greedy generation: same answers in any batch as alone, chat template, PEFT models."""
+
+from __future__ import annotations
+
+import torch
+
+from feddetox.evaluation.generate import encode_prompt, format_prompt, generate, left_pad
+
+PROMPTS = [
+    "Hi",
+    "How do I bake a loaf of bread at home when I have very little time and no yeast?",
+    "Tell me a joke.",
+    "What is two plus two? Answer in one word, please.",
+    "Name three colours.",
+]
+
+
+def test_batches_give_the_answers_of_one_prompt_alone(lively_lm) -> None:
+    model, tokenizer = lively_lm
+    alone = [generate(model, tokenizer, [p], max_new_tokens=10, batch_size=1, progress=False)[0] for p in PROMPTS]
+    batched = generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=3, progress=False)
+    assert batched == alone
+    assert all(alone) and len(set(alone)) == len(alone)  # real, differing answers: the check means something
+
+
+def test_answers_follow_the_chat_template_and_leave_the_prompt_out(lively_lm) -> None:
+    model, tokenizer = lively_lm
+    text = format_prompt(tokenizer, "Hi")
+    assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n") and "\nHi<|im_end|>" in text
+    ids = encode_prompt(tokenizer, "Hi")
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    out = model.generate(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=10,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    expected = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+    assert generate(model, tokenizer, ["Hi"], max_new_tokens=10, progress=False) == [expected]
+    assert not model.training
+
+
+def test_left_padding() -> None:
+    ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_a_peft_model_generates_with_its_adapter_on(lively_lm) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = lively_lm
+    base_answers = generate(model, tokenizer, PROMPTS[:3], max_new_tokens=8, progress=False)
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    try:
+        with_adapter = generate(peft_model, tokenizer, PROMPTS[:3], max_new_tokens=8, batch_size=2, progress=False)
+        alone = [generate(peft_model, tokenizer, [p], max_new_tokens=8, progress=False)[0] for p in PROMPTS[:3]]
+        with peft_model.disable_adapter():
+            without = generate(peft_model, tokenizer, PROMPTS[:3], max_new_tokens=8, progress=False)
+    finally:
+        peft_model.unload()  # give the shared fixture its plain model back
+    assert with_adapter == alone
+    assert without == base_answers
+    assert with_adapter != base_answers
