@@ -1,0 +1,123 @@
+"""The operators' REST API over real HTTP on loopback, against the coordinator as a process."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import httpx
+import numpy as np
+import pytest
+from coordinator_helpers import ADMIN_KEY, CoordinatorProcess, create_run, make_adapter, run_config
+
+from feddetox.adapters import from_bytes, sha256_bytes, to_bytes
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    process = CoordinatorProcess(tmp_path_factory.mktemp("rest-coordinator")).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def admin(coordinator):
+    with coordinator.admin() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def anon(coordinator):
+    with httpx.Client(base_url=f"{coordinator.url}/api/v1", timeout=30) as client:
+        yield client
+
+
+def test_health_ready_openapi_docs_metrics(coordinator, anon):
+    assert anon.get("/health").json() == {"status": "ok"}
+    assert anon.get("/ready").json()["status"] == "ready"
+    schema = anon.get("/openapi.json").json()
+    assert schema["info"]["title"] == "FedDetox coordinator"
+    for path in ("/api/v1/runs", "/api/v1/runs/{run_id}/start", "/api/v1/devices", "/api/v1/enrolment-tokens"):
+        assert path in schema["paths"], path
+    assert "swagger" in httpx.get(f"{coordinator.url}/docs").text.lower()
+    assert "feddetox_updates_accepted_total" in httpx.get(f"{coordinator.url}/metrics").text
+
+
+def test_mutations_need_the_admin_key(anon):
+    for method, path in (("POST", "/runs"), ("POST", "/enrolment-tokens"), ("POST", "/runs/abc/start")):
+        response = anon.request(method, path, json=run_config())
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.json()["error"] == "unauthenticated"
+    wrong = anon.post("/runs", json=run_config(), headers={"X-Admin-Key": ADMIN_KEY + "x"})
+    assert wrong.status_code == 401 and "X-Admin-Key" in wrong.json()["message"]
+    assert anon.get("/runs").status_code == 200  # reading needs no key
+
+
+def test_errors_are_json_and_name_the_field(admin):
+    bad = admin.post("/runs", json=run_config(min_clients=9))
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "min_clients" in bad.json()["message"]
+    bad = admin.post("/runs", json=run_config(aggregation={"rule": "krum"}))
+    assert bad.status_code == 422 and "aggregation.rule" in bad.json()["message"]
+    malformed = admin.post("/runs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 422 and malformed.json()["error"] == "invalid_request"
+    missing = admin.get("/runs/" + "0" * 32)
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "not_found",
+        "message": f"run {'0' * 32!r} does not exist",
+    }
+    assert admin.get("/runs/../../etc").status_code == 404
+    assert admin.get("/nothing-here").json()["error"] == "not_found"
+
+
+def test_run_lifecycle_and_adapter_download(admin):
+    created = admin.post("/runs", json=run_config(name="lifecycle"))
+    assert created.status_code == 201
+    run_id = created.json()["id"]
+    assert created.json()["status"] == "created" and created.json()["config"]["lora"]["r"] == 4
+    conflict = admin.post(f"/runs/{run_id}/start")
+    assert conflict.status_code == 409 and "adapter" in conflict.json()["message"]
+    bad = admin.put(f"/runs/{run_id}/adapter", content=b"garbage")
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_data"
+    adapter = make_adapter(3)
+    put = admin.put(f"/runs/{run_id}/adapter", content=to_bytes(adapter))
+    assert put.status_code == 200 and put.json()["sha256"] == sha256_bytes(to_bytes(adapter))
+    assert admin.post(f"/runs/{run_id}/start").json()["status"] == "running"
+    assert admin.post(f"/runs/{run_id}/start").status_code == 409
+    assert admin.post(f"/runs/{run_id}/pause").json()["status"] == "paused"
+    assert admin.post(f"/runs/{run_id}/resume").json()["status"] == "running"
+    assert admin.delete(f"/runs/{run_id}").status_code == 409  # running
+    zipped = admin.get(f"/runs/{run_id}/adapters/latest")
+    assert zipped.status_code == 200 and zipped.headers["x-adapter-version"] == "0"
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:
+        assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+        config = json.loads(archive.read("adapter_config.json"))
+        weights = from_bytes(archive.read("adapter_model.safetensors"))
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["target_modules"] == ["q_proj", "v_proj"]
+    assert all(np.array_equal(weights[k], adapter[k]) for k in adapter)
+    raw = admin.get(f"/runs/{run_id}/adapters/0/adapter_model.safetensors")
+    assert raw.content == to_bytes(adapter)
+    assert admin.get(f"/runs/{run_id}/adapters/0/adapter_config.json").json() == config
+    assert admin.get(f"/runs/{run_id}/adapters/7").status_code == 404
+    assert admin.get(f"/runs/{run_id}/adapters").json()["count"] == 1
+    assert admin.post(f"/runs/{run_id}/stop").json()["status"] == "stopped"
+    assert admin.delete(f"/runs/{run_id}").status_code == 204
+    assert admin.get(f"/runs/{run_id}").status_code == 404
+
+
+def test_tokens_devices_events_and_index(coordinator, admin, anon):
+    issued = admin.post("/enrolment-tokens", json={"note": "lab phone", "ttl_s": 600})
+    assert issued.status_code == 201 and issued.json()["token"].startswith("fdt_")
+    listed = admin.get("/enrolment-tokens").json()["data"]
+    assert any(t["note"] == "lab phone" for t in listed)
+    assert issued.json()["token"] not in json.dumps(listed)
+    assert anon.get("/enrolment-tokens").status_code == 401
+    assert admin.post("/enrolment-tokens", json={"ttl_s": -1}).status_code == 422
+    assert admin.get("/devices").json() == {"data": [], "count": 0}
+    run_id = create_run(admin, make_adapter(1), name="listed run")
+    events = admin.get("/events", params={"run_id": run_id}).json()["data"]
+    assert [e["kind"] for e in events][:3] == ["run_created", "adapter_set", "run_start"]
+    assert "listed run" in httpx.get(coordinator.url + "/").text
+    rounds = admin.get(f"/runs/{run_id}/rounds").json()
+    assert rounds["count"] <= 1  # round 1 waits for devices
+    admin.post(f"/runs/{run_id}/stop")
