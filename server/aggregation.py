@@ -72,7 +72,7 @@ def fedavg(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
     _check_same_keys(updates)
     w = _check_weights(weights, len(updates))
     acc = FedAvgAccumulator()
-    for update, weight in zip(updates, w):
+    for update, weight in zip(updates, w, strict=True):
         acc.add(update, float(weight))
     return acc.result()
 
@@ -156,7 +156,9 @@ def lora_exact(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[fl
     out = fedavg([{k: u[k] for k in keys if k not in paired} for u in updates], w) if len(paired) < len(keys) else {}
     for key_a, key_b in modules.values():
         r = updates[0][key_a].shape[0]
-        mean_product = sum(wi * (u[key_b].astype(np.float64) @ u[key_a].astype(np.float64)) for wi, u in zip(w, updates))
+        mean_product = sum(
+            wi * (u[key_b].astype(np.float64) @ u[key_a].astype(np.float64)) for wi, u in zip(w, updates, strict=True)
+        )
         b, a = factor_to_rank(mean_product, r)  # (out, in) -> (out, r), (r, in)
         out[key_a], out[key_b] = a.astype(np.float32), b.astype(np.float32)
     return out

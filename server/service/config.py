@@ -79,7 +79,9 @@ class RunConfigModel(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_RE.match(value):
-            raise ValueError("1-128 characters of letters, digits, space, '.', '_', '-', starting with a letter or digit")
+            raise ValueError(
+                "1-128 characters of letters, digits, space, '.', '_', '-', starting with a letter or digit"
+            )
         return value
 
     @field_validator("base_model_sha256")

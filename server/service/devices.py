@@ -100,7 +100,9 @@ def enrol(ctx: ServiceContext, token: str, name: str, *, platform: str = "", cli
             ctx.db.locked(select(EnrolmentToken).where(EnrolmentToken.token_hash == hash_secret(token)))
         ).scalar_one_or_none()
         if row is None:
-            raise AuthError("enrolment token is unknown", hint="ask the operator for a token: feddetox coordinator token")
+            raise AuthError(
+                "enrolment token is unknown", hint="ask the operator for a token: feddetox coordinator token"
+            )
         if row.used_at is not None:
             raise AuthError("enrolment token was used already; each token enrols one device")
         if row.expires_at < now:

@@ -89,9 +89,7 @@ def _select(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfig, 
     waited = len(seen) >= cfg.min_clients and now - rnd.opened_at >= cfg.round_deadline_s
     if not (enough or waited):
         return None
-    chosen = select_devices(
-        seen, cfg.clients_per_round, seed=cfg.selection_seed, run_id=run.id, round_index=rnd.index
-    )
+    chosen = select_devices(seen, cfg.clients_per_round, seed=cfg.selection_seed, run_id=run.id, round_index=rnd.index)
     for device_id in chosen:
         session.add(
             Assignment(
@@ -122,7 +120,9 @@ def _maybe_close(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunCon
         rnd.deadline_at = now + cfg.round_deadline_s
         record(session, ctx, "round_extended", run_id=run.id, round_index=rnd.index, extensions=rnd.extensions)
         return "round_extended"
-    reason = f"round {rnd.index}: {rnd.reported} of {rnd.selected} devices reported by the deadline, quorum {rnd.quorum}"
+    reason = (
+        f"round {rnd.index}: {rnd.reported} of {rnd.selected} devices reported by the deadline, quorum {rnd.quorum}"
+    )
     _finish_assignments(session, rnd)
     rnd.status, rnd.closed_at, rnd.failure = "failed", now, reason
     run.status, run.failure, run.updated_at = "failed", reason, now
@@ -139,7 +139,9 @@ def _finish_assignments(session, rnd: Round) -> None:
 
 def _aggregate(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfig, now: float) -> str:
     """Aggregate the round's accepted updates into the next global version, in the caller's transaction."""
-    updates = list(session.scalars(select(Update).where(Update.round_id == rnd.id).order_by(Update.created_at, Update.id)))
+    updates = list(
+        session.scalars(select(Update).where(Update.round_id == rnd.id).order_by(Update.created_at, Update.id))
+    )
     base_row = session.scalars(
         select(AdapterVersion).where(AdapterVersion.run_id == run.id, AdapterVersion.version == rnd.base_version)
     ).one()
@@ -208,9 +210,7 @@ def advance_all(ctx: ServiceContext) -> list[str]:
 def round_metrics(session, rnd: Round) -> dict[str, Any]:
     """The round's metrics: per-metric means weighted by examples; sanitization counts summed."""
     updates = list(session.scalars(select(Update).where(Update.round_id == rnd.id)))
-    reports = list(
-        session.scalars(select(Metric).where(Metric.run_id == rnd.run_id, Metric.round_index == rnd.index))
-    )
+    reports = list(session.scalars(select(Metric).where(Metric.run_id == rnd.run_id, Metric.round_index == rnd.index)))
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for update in updates:
@@ -254,7 +254,9 @@ def round_dict(session, rnd: Round, *, detail: bool = False) -> dict[str, Any]:
     if detail:
         out["assignments"] = [
             {"id": a.id, "device_id": a.device_id, "status": a.status, "reported_at": a.reported_at}
-            for a in session.scalars(select(Assignment).where(Assignment.round_id == rnd.id).order_by(Assignment.device_id))
+            for a in session.scalars(
+                select(Assignment).where(Assignment.round_id == rnd.id).order_by(Assignment.device_id)
+            )
         ]
         out["metrics"] = round_metrics(session, rnd)
     return out

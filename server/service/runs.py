@@ -106,7 +106,9 @@ def check_start_adapter(tensors: Tensors, cfg: RunConfig) -> dict[str, list[int]
                 )
             rank = value.shape[0] if key.endswith(".lora_A.weight") else value.shape[-1]
             if value.ndim != 2 or rank != cfg.lora.r:
-                raise ConfigError(f"adapter tensor {key!r} has shape {list(value.shape)}: rank is not lora.r={cfg.lora.r}")
+                raise ConfigError(
+                    f"adapter tensor {key!r} has shape {list(value.shape)}: rank is not lora.r={cfg.lora.r}"
+                )
     return {key: list(value.shape) for key, value in sorted(tensors.items())}
 
 

@@ -160,9 +160,7 @@ def _plan(ctx: ServiceContext, device_id: str, header: UpdateHeader) -> _Plan | 
         if why:
             raise _reject("round_closed", f"{why}; the update is refused")
         if assignment.status != "assigned":
-            raise _reject(
-                "already_reported", f"device {device_id} has already an accepted update in round {rnd.index}"
-            )
+            raise _reject("already_reported", f"device {device_id} has already an accepted update in round {rnd.index}")
         if header.base_adapter_version != rnd.base_version:
             raise _reject(
                 "stale_base",
@@ -180,7 +178,9 @@ def _check_content(ctx: ServiceContext, plan: _Plan, data: bytes) -> float:
     if len(data) != header.size_bytes:
         raise _reject("size_mismatch", f"received {len(data)} bytes, the header announced {header.size_bytes}")
     if sha256_bytes(data) != header.sha256:
-        raise _reject("checksum_mismatch", f"the bytes' sha256 is {sha256_bytes(data)}, the header says {header.sha256}")
+        raise _reject(
+            "checksum_mismatch", f"the bytes' sha256 is {sha256_bytes(data)}, the header says {header.sha256}"
+        )
     try:
         tensors = from_bytes(data, where="update")
     except DataError as exc:
@@ -275,9 +275,7 @@ def _refused(ctx: ServiceContext, device_id: str, header: UpdateHeader | None, e
         log.exception("could not record the refusal of an update of device %s", device_id)
 
 
-def receive_update(
-    ctx: ServiceContext, device_id: str, header: UpdateHeader, chunks: Iterable[bytes]
-) -> Receipt:
+def receive_update(ctx: ServiceContext, device_id: str, header: UpdateHeader, chunks: Iterable[bytes]) -> Receipt:
     """Validate the header, read the bytes (never more than announced), validate them, store, commit."""
     try:
         plan = _plan(ctx, device_id, header)

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 _spec = importlib.util.spec_from_file_location("feddetox_tests_postgres", Path(__file__).parents[1] / "postgres.py")
 _postgres = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_postgres)

@@ -48,7 +48,9 @@ def make_adapter(seed: int, scale: float = 0.1) -> dict[str, np.ndarray]:
 def numpy_fedavg(adapters: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
     """The reference: sum_i w_i x_i / sum_i w_i in float64."""
     w = np.asarray(weights, dtype=np.float64)
-    return {k: np.tensordot(w, np.stack([a[k].astype(np.float64) for a in adapters]), axes=1) / w.sum() for k in adapters[0]}
+    return {
+        k: np.tensordot(w, np.stack([a[k].astype(np.float64) for a in adapters]), axes=1) / w.sum() for k in adapters[0]
+    }
 
 
 def run_config(**overrides) -> dict:
@@ -188,7 +190,9 @@ class Device:
         return (("x-feddetox-device-id", self.device_id), ("authorization", f"Bearer {self.secret}"))
 
     def enrol(self, token: str, name: str) -> Device:
-        response = self.stub.Enrol(pb.EnrolRequest(enrolment_token=token, device_name=name, platform="test"), timeout=30)
+        response = self.stub.Enrol(
+            pb.EnrolRequest(enrolment_token=token, device_name=name, platform="test"), timeout=30
+        )
         self.device_id, self.secret = response.device_id, response.device_secret
         return self
 
@@ -199,7 +203,9 @@ class Device:
         response = self.stub.GetTask(pb.GetTaskRequest(), metadata=self.metadata, timeout=30)
         return response.task if response.has_task else None
 
-    def download(self, run_id: str, version: int, offset: int = 0, limit_chunks: int | None = None) -> tuple[bytes, str, int]:
+    def download(
+        self, run_id: str, version: int, offset: int = 0, limit_chunks: int | None = None
+    ) -> tuple[bytes, str, int]:
         """(bytes from offset, sha256 of the whole blob, total size); stops after limit_chunks if given."""
         data, sha, total = bytearray(), "", 0
         stream = self.stub.DownloadAdapter(

@@ -114,9 +114,13 @@ def test_lora_exact_is_exact_when_the_mean_has_rank_r():
     for u in ups[1:]:
         u["m.lora_A.weight"] = ups[0]["m.lora_A.weight"]
     out = agg.lora_exact(ups, [1, 1, 2])
-    expected = sum(
-        wi * (u["m.lora_B.weight"].astype(np.float64) @ u["m.lora_A.weight"]) for wi, u in zip([1, 1, 2], ups, strict=True)
-    ) / 4
+    expected = (
+        sum(
+            wi * (u["m.lora_B.weight"].astype(np.float64) @ u["m.lora_A.weight"])
+            for wi, u in zip([1, 1, 2], ups, strict=True)
+        )
+        / 4
+    )
     got = out["m.lora_B.weight"].astype(np.float64) @ out["m.lora_A.weight"]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     # while averaging A and B separately is not the average update
@@ -125,9 +129,13 @@ def test_lora_exact_is_exact_when_the_mean_has_rank_r():
     np.testing.assert_allclose(naive_product, expected, rtol=1e-4, atol=1e-5)  # equal here since A is shared
     ups[2]["m.lora_A.weight"] = ups[2]["m.lora_A.weight"] * -1
     naive = agg.fedavg(ups, [1, 1, 2])
-    product = sum(
-        wi * (u["m.lora_B.weight"].astype(np.float64) @ u["m.lora_A.weight"]) for wi, u in zip([1, 1, 2], ups, strict=True)
-    ) / 4
+    product = (
+        sum(
+            wi * (u["m.lora_B.weight"].astype(np.float64) @ u["m.lora_A.weight"])
+            for wi, u in zip([1, 1, 2], ups, strict=True)
+        )
+        / 4
+    )
     assert not np.allclose(naive["m.lora_B.weight"].astype(np.float64) @ naive["m.lora_A.weight"], product, atol=1e-3)
 
 

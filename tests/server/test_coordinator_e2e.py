@@ -41,7 +41,11 @@ def _train(device: Device, round_index: int, seed: int) -> tuple:
     adapter = {k: v + make_adapter(seed)[k] for k, v in from_bytes(blob).items()}
     n = 3 + seed % 5
     receipt = device.upload(
-        task, to_bytes(adapter), num_examples=n, key=f"{device.device_id}-{round_index}", metrics={"dpo_loss": 0.7 - 0.1 * round_index}
+        task,
+        to_bytes(adapter),
+        num_examples=n,
+        key=f"{device.device_id}-{round_index}",
+        metrics={"dpo_loss": 0.7 - 0.1 * round_index},
     )
     return task, adapter, n, receipt
 
@@ -56,8 +60,13 @@ def test_three_devices_complete_two_rounds(tmp_path, database_url):
             for round_index in (1, 2):
                 sent = [_train(d, round_index, 10 * round_index + i) for i, d in enumerate(devices)]
                 accepted[round_index] = [(adapter, n) for _, adapter, n, _ in sent]
-                wait_for(lambda r=round_index: _round(admin, run_id, r).get("status") == "closed", what=f"round {round_index} closed")
-            run = wait_for(lambda: (r := admin.get(f"/runs/{run_id}").json())["status"] == "completed" and r, what="completed")
+                wait_for(
+                    lambda r=round_index: _round(admin, run_id, r).get("status") == "closed",
+                    what=f"round {round_index} closed",
+                )
+            run = wait_for(
+                lambda: (r := admin.get(f"/runs/{run_id}").json())["status"] == "completed" and r, what="completed"
+            )
             assert run["rounds_closed"] == 2 and run["global_version"] == 2
             # the global adapter after round two is the numpy weighted FedAvg of round two's accepted updates
             final = from_bytes(admin.get(f"/runs/{run_id}/adapters/2/adapter_model.safetensors").content)

@@ -56,7 +56,9 @@ def test_mutations_need_the_admin_key(anon):
 
 def test_errors_are_json_and_name_the_field(admin):
     bad = admin.post("/runs", json=run_config(min_clients=9))
-    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "min_clients" in bad.json()["message"]
+    assert (
+        bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "min_clients" in bad.json()["message"]
+    )
     bad = admin.post("/runs", json=run_config(aggregation={"rule": "krum"}))
     assert bad.status_code == 422 and "aggregation.rule" in bad.json()["message"]
     malformed = admin.post("/runs", content=b"{not json", headers={"Content-Type": "application/json"})

@@ -107,7 +107,9 @@ def test_enrolment_token_is_used_once_and_secrets_are_hashed(make_ctx, clock):
     with pytest.raises(AuthError, match="expired"):
         devices.enrol(ctx, late.token, "phone-4")
     with ctx.db.read() as session:
-        stored = session.scalars(select(Device.secret_hash)).all() + session.scalars(select(EnrolmentToken.token_hash)).all()
+        stored = (
+            session.scalars(select(Device.secret_hash)).all() + session.scalars(select(EnrolmentToken.token_hash)).all()
+        )
     assert enrolled.device_secret not in stored and issued.token not in stored
 
 
@@ -265,19 +267,19 @@ def test_two_coordinators_never_aggregate_a_round_twice(make_ctx):
     ids = enrol_devices(first, 3)
     run_id = start_run(first, rounds=3)
     rounds.advance_all(first)
+    errors = []
+
+    def tick(ctx):
+        try:
+            for _ in range(5):
+                rounds.advance_all(ctx)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
     for _ in range(3):
         for i, d in enumerate(ids):
             task = devices.get_task(first, d)
             upload(second if i % 2 else first, d, task, to_bytes(make_adapter(i + 10 * task.round_index)))
-        errors = []
-
-        def tick(ctx):
-            try:
-                for _ in range(5):
-                    rounds.advance_all(ctx)
-            except Exception as exc:  # noqa: BLE001 - collected and asserted below
-                errors.append(exc)
-
         threads = [threading.Thread(target=tick, args=(c,)) for c in (first, second, first, second)]
         for t in threads:
             t.start()
