@@ -1,0 +1,95 @@
+"""The simulation end to end with tiny models: a real coordinator and real edge processes per condition.
+
+2 clients, 1 round, every condition (benign-only, no defense, drop, FedDetox, centralized), the tiny evaluation
+preset. Checks that every condition produced its rows, and the table and plot files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from feddetox_cli.simulation.config import CONDITIONS, from_dict
+from feddetox_cli.simulation.report import COLUMNS, markdown_table
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.bundle import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("guardian"), tiny_bert_path)
+
+
+def test_every_condition_produces_its_rows(tiny_llama_path: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    from feddetox_cli import simulate
+
+    config = tmp_path / "sim.toml"
+    config.write_text(
+        f"""
+name = "ci"
+base_model = "{tiny_llama_path}"
+guardian = "{tiny_bundle}"
+rounds = 1
+conditions = {json.dumps(list(CONDITIONS))}
+compliant_max_new_tokens = 8
+round_deadline_s = 600
+[lora]
+r = 4
+alpha = 8.0
+target_modules = ["q_proj", "v_proj"]
+[scenario]
+clients = 2
+pairs_per_client = 6
+toxic_ratio = 0.34
+start_harmful = 4
+start_benign = 4
+start_anti_refusal = 2
+[train]
+local_steps = 1
+batch_size = 2
+max_prompt_tokens = 32
+max_response_tokens = 16
+[start]
+steps = 1
+batch_size = 2
+[eval]
+preset = "tiny"
+"""
+    )
+    out = tmp_path / "out"
+    assert simulate.main(["--config", str(config), "--out", str(out)]) == 0
+
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["per_round"]) == set(CONDITIONS)
+    for condition, rows in result["per_round"].items():
+        assert len(rows) == 2, condition  # the start adapter and round 1
+        assert 0.0 <= rows[-1]["asr_refusal"] <= 1.0
+    assert [c["poison"] for c in result["clients"]] == [2, 2]
+    table = (out / "table.md").read_text()
+    assert all(header in table for _, header in COLUMNS)
+    assert "FedDetox (replace)" in table and "centralized" in table
+    assert (out / "rounds.png").stat().st_size > 1000
+    # the coordinator's state stays for inspection, one per federated condition
+    for condition in ("benign", "none", "drop", "replace"):
+        rounds = json.loads((out / condition / "rounds.json").read_text())["rounds"]
+        assert [r["status"] for r in rounds] == ["closed"]
+        assert (out / condition / "coordinator").is_dir()
+
+
+def test_config_errors_name_the_field() -> None:
+    from feddetox.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="conditions"):
+        from_dict({"conditions": ["sometimes"]})
+    with pytest.raises(ConfigError, match=r"\[train\].*unknown field"):
+        from_dict({"train": {"steps_per_round": 3}})
+
+
+def test_table_marks_missing_metrics() -> None:
+    result = {"base": {"asr_refusal": 0.99}, "start": {}, "final": {"replace": {"asr_refusal": 0.1}}}
+    table = markdown_table(result)
+    assert "0.990" in table and "–" in table and "FedDetox (replace)" in table
