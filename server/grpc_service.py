@@ -39,6 +39,7 @@ from feddetox.errors import (
 )
 from feddetox.protocol import device_pb2 as pb
 from feddetox.protocol import device_pb2_grpc as pb_grpc
+from server.db.engine import translate
 from server.service import ServiceContext, devices, runs, updates
 from server.service.context import BYTES_SERVED, log
 
@@ -79,6 +80,7 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, UpdateRejected):
         context.set_trailing_metadata(((REASON_KEY, exc.reason),))
         context.abort(status_of(exc), f"{exc.reason}: {exc}")
+    exc = translate(exc) or exc
     if isinstance(exc, FedDetoxError):
         context.set_trailing_metadata(((REASON_KEY, exc.code),))
         context.abort(status_of(exc), str(exc))

@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, Select, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from feddetox.errors import UnavailableError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -75,3 +78,10 @@ class Database:
         self.engine.dispose()
         if self._read_engine is not self.engine:
             self._read_engine.dispose()
+
+
+def translate(exc: BaseException) -> UnavailableError | None:
+    """A database that cannot be reached (restarting, locked too long) as UnavailableError; else None."""
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return UnavailableError(f"the database is unavailable now, try again: {str(exc.orig)[:200]}")
+    return None

@@ -22,6 +22,7 @@ from feddetox.errors import (
     UnavailableError,
     UpdateRejected,
 )
+from server.db.engine import translate
 from server.service.context import log
 
 STATUS = {
@@ -72,6 +73,9 @@ def install(app: FastAPI) -> None:
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        mapped = translate(exc)
+        if mapped is not None:
+            return await _domain(request, mapped)
         log.exception("REST handler failed", exc_info=exc)
         return JSONResponse(_body("internal", f"internal error: {type(exc).__name__}"), status_code=500)

@@ -123,3 +123,52 @@ def test_tokens_devices_events_and_index(coordinator, admin, anon):
     rounds = admin.get(f"/runs/{run_id}/rounds").json()
     assert rounds["count"] <= 1  # round 1 waits for devices
     admin.post(f"/runs/{run_id}/stop")
+
+
+def test_cli_token_create_run_and_wait(coordinator, admin, tmp_path, capsys):
+    from feddetox.adapters import LoraSpec, save_peft
+    from server import cli
+
+    client = ["--url", coordinator.url, "--admin-key", ADMIN_KEY]
+    assert cli.main(["token", *client, "--count", "2", "--note", "cli"]) == 0
+    tokens = capsys.readouterr().out.split()
+    assert len(tokens) == 2 and all(t.startswith("fdt_") for t in tokens)
+    folder = save_peft(tmp_path / "adapter", make_adapter(5), LoraSpec(r=4, alpha=8), "tiny-test-model")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '# feddetox coordinator create-run --config run.toml --adapter adapter/\n[run]\nname = "from-toml"\n'
+        'base_model = "tiny-test-model"\nrounds = 1\nclients_per_round = 2\nmin_clients = 1\n'
+        "[run.lora]\nr = 4\nalpha = 8\n"
+    )
+    assert cli.main(["create-run", *client, "--config", str(config), "--adapter", str(folder)]) == 0
+    run_id = capsys.readouterr().out.strip()
+    run = admin.get(f"/runs/{run_id}").json()
+    assert run["name"] == "from-toml" and run["status"] == "running"
+    assert cli.main(["wait", *client, "--run", run_id, "--timeout", "0", "--interval", "0"]) == 1  # no devices
+    admin.post(f"/runs/{run_id}/stop")
+    assert cli.main(["wait", *client, "--run", run_id, "--timeout", "5"]) == 1  # stopped before its rounds
+    config.write_text('[run]\nname = "bad"\nbase_model = "m"\nrounds = 0\n')
+    assert cli.main(["create-run", *client, "--config", str(config), "--adapter", str(folder)]) == 2
+    assert "rounds" in capsys.readouterr().err
+    assert cli.main(["token", "--url", coordinator.url, "--admin-key", "wrong-key-wrong-key"]) == 2
+    assert "HTTP 401" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_placeholder_admin_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FEDDETOX_ADMIN_KEY": "changeme", "FEDDETOX_STATE_DIR": str(tmp_path)}
+    env.pop("FEDDETOX_DEV_MODE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "feddetox_cli", "coordinator", "migrate"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "FEDDETOX_ADMIN_KEY" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "feddetox_cli", "coordinator", "migrate", "--dev"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "revision 0001" in done.stdout
