@@ -20,6 +20,11 @@ if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
 fi
 
 FEDDETOX_BIN=${FEDDETOX_BIN:-feddetox}
+# An empty setting (e.g. `FEDDETOX_TLS_CERT=` in .env) means "not set", as it does for compose.
+for name in FEDDETOX_DATABASE_URL FEDDETOX_TLS_CERT FEDDETOX_TLS_KEY; do
+    eval "value=\${$name:-}"
+    [ -n "$value" ] || unset "$name"
+done
 : "${FEDDETOX_STATE_DIR:=./state}"
 export FEDDETOX_STATE_DIR
 mkdir -p "$FEDDETOX_STATE_DIR"
@@ -40,7 +45,11 @@ if [ -z "${FEDDETOX_ADMIN_KEY:-}" ]; then
     export FEDDETOX_ADMIN_KEY
 fi
 
-say "migrating the database"
+db=${FEDDETOX_DATABASE_URL:-sqlite:///$FEDDETOX_STATE_DIR/coordinator.db}
+case "$db" in
+    *@*) db="${db%%:*}://...@${db##*@}" ;;  # no credentials in the log
+esac
+say "migrating the database $db"
 "$FEDDETOX_BIN" coordinator migrate
 say "starting the coordinator"
 exec "$FEDDETOX_BIN" coordinator serve "$@"
