@@ -99,10 +99,18 @@ class CoordinatorProcess:
     grpc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    #: extra environment of the process
+    env: dict = field(default_factory=dict)
+    #: the CA that signed the server certificate, when the process serves TLS
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.rest_port}"
+
+    @property
+    def verify(self) -> str | bool:
+        return str(self.tls_ca) if self.tls_ca else True
 
     @property
     def grpc_target(self) -> str:
@@ -119,6 +127,7 @@ class CoordinatorProcess:
         }
         if self.database_url:
             env["FEDDETOX_DATABASE_URL"] = self.database_url
+        env.update(self.env)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir / f"coordinator-{time.time_ns()}.log"
         args = ["--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port)]
@@ -136,7 +145,7 @@ class CoordinatorProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"the coordinator exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            return httpx.get(f"{self.url}/api/v1/ready", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/api/v1/ready", timeout=2, verify=self.verify).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -159,7 +168,9 @@ class CoordinatorProcess:
         return self.proc.returncode if self.proc else 0
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/api/v1", headers={"X-Admin-Key": ADMIN_KEY}, timeout=30)
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1", headers={"X-Admin-Key": ADMIN_KEY}, timeout=30, verify=self.verify
+        )
 
 
 def create_run(client: httpx.Client, adapter: dict[str, np.ndarray], *, start: bool = True, **overrides) -> str:
@@ -176,8 +187,11 @@ def create_run(client: httpx.Client, adapter: dict[str, np.ndarray], *, start: b
 class Device:
     """An in-test gRPC device (stands in for the edge client): enrol, poll, download, upload."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, *, root_ca: bytes | None = None) -> None:
+        if root_ca is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root_ca))
         self.stub = pb_grpc.DeviceServiceStub(self.channel)
         self.device_id = ""
         self.secret = ""
