@@ -1,4 +1,7 @@
-"""Alembic environment: runs on the connection `server.db.migrate` passes in (online mode only)."""
+"""Alembic environment: runs on the connection `server.db.migrate` passes in.
+
+Imported outside an Alembic run (e.g. by the test that imports every module) it does nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from sqlalchemy import create_engine
 
 from server.db.models import Base
 
-config = context.config
 target_metadata = Base.metadata
 
 
@@ -22,9 +24,15 @@ def run(connection) -> None:
         context.run_migrations()
 
 
-connection = config.attributes.get("connection")
-if connection is not None:
-    run(connection)
-else:  # `alembic` on the command line with -x url or sqlalchemy.url set
-    with create_engine(config.get_main_option("sqlalchemy.url")).begin() as conn:
-        run(conn)
+def main() -> None:
+    config = context.config
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+    else:  # `alembic` on the command line with sqlalchemy.url set
+        with create_engine(config.get_main_option("sqlalchemy.url")).begin() as conn:
+            run(conn)
+
+
+if hasattr(context, "config"):  # only inside an Alembic run
+    main()

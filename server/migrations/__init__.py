@@ -1,0 +1,1 @@
+"""Alembic migrations of the coordinator's database (a package so that wheels ship it; see env.py)."""
