@@ -61,6 +61,21 @@ class FedAvgAccumulator:
         self.total_weight += float(weight)
         self.count += 1
 
+    @classmethod
+    def resume(cls, sums: Mapping[str, np.ndarray], total_weight: float, count: int) -> FedAvgAccumulator:
+        """An accumulator that continues from a saved `sums` (float64), e.g. one kept in a database."""
+        acc = cls()
+        acc._sum = {k: np.asarray(v, dtype=np.float64).copy() for k, v in sums.items()}
+        acc.total_weight, acc.count = float(total_weight), int(count)
+        return acc
+
+    @property
+    def sums(self) -> dict[str, np.ndarray]:
+        """The running float64 sums sum_i w_i x_i (to save and `resume` later)."""
+        if self._sum is None:
+            raise ValueError("no updates added yet")
+        return self._sum
+
     def result(self) -> Tensors:
         if self._sum is None:
             raise ValueError("no updates to aggregate")

@@ -8,6 +8,7 @@ the database's single write lock at once (WAL mode keeps readers going meanwhile
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -57,9 +58,19 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """One transaction that commits at the end of the block, or rolls back on any exception."""
-        with self._write() as session, session.begin():
-            yield session
+        """One transaction that commits at the end of the block, or rolls back on any exception.
+
+        Callables appended to `session.info["after_commit"]` run after the commit (best effort), e.g. to
+        delete a file the committed state no longer references.
+        """
+        with self._write() as session:
+            with session.begin():
+                yield session
+            for action in session.info.pop("after_commit", []):
+                try:
+                    action()
+                except Exception:  # noqa: BLE001 - clean-up only; the transaction is committed
+                    logging.getLogger("feddetox.coordinator").exception("after-commit action failed")
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID = String(32)  # uuid4 hex
@@ -77,6 +78,11 @@ class Round(Base):
     #: how the aggregate was made: rule, updates, examples, clipped, delta norm
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     failure: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: FedAvg as updates arrive: blob of sum_i w_i x_i (float64), sum_i w_i, and how many updates it holds;
+    #: changed in the transaction that accepts each update, so it counts every accepted update exactly once
+    partial_sha256: Mapped[str | None] = mapped_column(SHA, nullable=True)
+    partial_weight: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    partial_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Device(Base):
@@ -139,6 +145,8 @@ class Update(Base):
     base_version: Mapped[int] = mapped_column(Integer)
     #: ||update - global|| before any clipping
     delta_norm: Mapped[float] = mapped_column(Float)
+    #: whether aggregation.clip_norm scaled this update down
+    clipped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     sanitization: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from feddetox.adapters import from_bytes, to_bytes
-from feddetox.errors import NotFoundError
+from feddetox.adapters import from_bytes, sha256_bytes, to_bytes
+from feddetox.errors import ChecksumError, NotFoundError
 from server import aggregation
 from server.db.models import AdapterVersion, Assignment, Device, Metric, Round, Run, Update
 from server.service.config import RunConfig
 from server.service.context import ROUNDS_FINISHED, ServiceContext, new_id, record
 from server.service.runs import config_of
+from server.service.updates import partial_name
 
 OPEN = ("waiting", "collecting")
 
@@ -147,17 +148,20 @@ def _aggregate(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfi
     ).one()
     base = from_bytes(ctx.blobs.get(base_row.sha256), where=f"global adapter {base_row.sha256}")
     rule, clip = cfg.aggregation.rule, cfg.aggregation.clip_norm
-    clipped = 0
 
     def load(update: Update) -> dict[str, np.ndarray]:
-        nonlocal clipped
         tensors = from_bytes(ctx.blobs.get(update.sha256), where=f"update {update.id}")
-        if clip is not None:
-            tensors, was = aggregation.clip_update(tensors, base, clip)
-            clipped += was
-        return tensors
+        return aggregation.clip_update(tensors, base, clip)[0] if clip is not None else tensors
 
-    if rule == "fedavg":  # streaming: one update in memory at a time
+    if rule == "fedavg" and updates and rnd.partial_count == len(updates):
+        # the running sum kept as the updates arrived (updates.py), counted in the same transactions
+        name = partial_name(rnd.id, rnd.partial_count)
+        data = ctx.blobs.get_partial(name)
+        if sha256_bytes(data) != rnd.partial_sha256:
+            raise ChecksumError(f"the running sum of round {rnd.index} is corrupt (sha256 differs from the database)")
+        result = aggregation.FedAvgAccumulator.resume(from_bytes(data), rnd.partial_weight, rnd.partial_count).result()
+        session.info.setdefault("after_commit", []).append(lambda: ctx.blobs.delete_partial(name))
+    elif rule == "fedavg":  # no running sum (e.g. a round older than it): stream the updates, one at a time
         acc = aggregation.FedAvgAccumulator()
         for update in updates:
             acc.add(load(update), update.num_examples)
@@ -166,6 +170,7 @@ def _aggregate(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfi
         result = aggregation.aggregate(
             rule, [load(u) for u in updates], [u.num_examples for u in updates], trim_ratio=cfg.aggregation.trim_ratio
         )
+    clipped = sum(1 for u in updates if u.clipped)
     data = to_bytes(result)
     sha = ctx.blobs.put(data)
     version = run.global_version + 1

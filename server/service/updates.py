@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import select
 
-from feddetox.adapters import from_bytes, sha256_bytes
-from feddetox.errors import DataError, NotFoundError, UpdateRejected
-from server.aggregation import delta_norm
+from feddetox.adapters import Tensors, from_bytes, sha256_bytes, to_bytes
+from feddetox.errors import ChecksumError, DataError, NotFoundError, UpdateRejected
+from server.aggregation import FedAvgAccumulator, clip_update, delta_norm
 from server.db.models import AdapterVersion, Assignment, Metric, Round, Run, Update
 from server.service.context import UPDATES_ACCEPTED, UPDATES_REFUSED, ServiceContext, log, new_id, record
 from server.service.runs import config_of
@@ -173,7 +173,8 @@ def _plan(ctx: ServiceContext, device_id: str, header: UpdateHeader) -> _Plan | 
         return _Plan(device_id, header, rnd.id, run.adapter_spec or {}, base.sha256, config_of(run).max_update_norm)
 
 
-def _check_content(ctx: ServiceContext, plan: _Plan, data: bytes) -> float:
+def _check_content(ctx: ServiceContext, plan: _Plan, data: bytes) -> tuple[float, Tensors, Tensors]:
+    """(||update - global||, the update, the global adapter) if every content check passes."""
     header = plan.header
     if len(data) != header.size_bytes:
         raise _reject("size_mismatch", f"received {len(data)} bytes, the header announced {header.size_bytes}")
@@ -201,10 +202,32 @@ def _check_content(ctx: ServiceContext, plan: _Plan, data: bytes) -> float:
     norm = delta_norm(tensors, base)
     if plan.max_update_norm is not None and norm > plan.max_update_norm:
         raise _reject("norm", f"||update - global|| = {norm:.4g} is over max_update_norm = {plan.max_update_norm:.4g}")
-    return norm
+    return norm, tensors, base
 
 
-def _commit(ctx: ServiceContext, plan: _Plan, norm: float) -> Receipt:
+def partial_name(round_id: int, count: int) -> str:
+    return f"{round_id}-{count}"
+
+
+def _add_to_partial(session, ctx: ServiceContext, rnd: Round, contribution: Tensors, weight: int) -> None:
+    """FedAvg as updates arrive: the round's running sum, in the transaction that accepts the update."""
+    if rnd.partial_count:
+        data = ctx.blobs.get_partial(partial_name(rnd.id, rnd.partial_count))
+        if sha256_bytes(data) != rnd.partial_sha256:
+            raise ChecksumError(f"the running sum of round {rnd.index} is corrupt (sha256 differs from the database)")
+        acc = FedAvgAccumulator.resume(from_bytes(data), rnd.partial_weight, rnd.partial_count)
+    else:
+        acc = FedAvgAccumulator()
+    acc.add(contribution, weight)
+    data = to_bytes(acc.sums)
+    ctx.blobs.put_partial(partial_name(rnd.id, acc.count), data)
+    if rnd.partial_count:  # the previous sum is not needed once this transaction commits
+        previous = partial_name(rnd.id, rnd.partial_count)
+        session.info.setdefault("after_commit", []).append(lambda: ctx.blobs.delete_partial(previous))
+    rnd.partial_sha256, rnd.partial_weight, rnd.partial_count = sha256_bytes(data), acc.total_weight, acc.count
+
+
+def _commit(ctx: ServiceContext, plan: _Plan, norm: float, tensors: Tensors, base: Tensors) -> Receipt:
     header, now = plan.header, ctx.now()
     with ctx.db.write() as session:
         rnd = session.execute(ctx.db.locked(select(Round).where(Round.id == plan.round_id))).scalar_one()
@@ -222,6 +245,12 @@ def _commit(ctx: ServiceContext, plan: _Plan, norm: float) -> Receipt:
             raise _reject(
                 "already_reported", f"device {plan.device_id} has already an accepted update in round {rnd.index}"
             )
+        cfg = config_of(run)
+        contribution, clipped = tensors, False
+        if cfg.aggregation.clip_norm is not None:
+            contribution, clipped = clip_update(tensors, base, cfg.aggregation.clip_norm)
+        if cfg.aggregation.rule == "fedavg":
+            _add_to_partial(session, ctx, rnd, contribution, header.num_examples)
         update = Update(
             id=new_id(),
             run_id=run.id,
@@ -235,6 +264,7 @@ def _commit(ctx: ServiceContext, plan: _Plan, norm: float) -> Receipt:
             num_examples=header.num_examples,
             base_version=header.base_adapter_version,
             delta_norm=norm,
+            clipped=clipped,
             metrics={k: float(v) for k, v in header.metrics.items()},
             sanitization=header.sanitization.to_dict(),
             created_at=now,
@@ -290,9 +320,9 @@ def receive_update(ctx: ServiceContext, device_id: str, header: UpdateHeader, ch
                 raise _reject("size_mismatch", f"received more than the {header.size_bytes} bytes the header announced")
             parts.append(chunk)
         data = b"".join(parts)
-        norm = _check_content(ctx, plan, data)
+        norm, tensors, base = _check_content(ctx, plan, data)
         ctx.blobs.put(data, sha256=header.sha256)
-        receipt = _commit(ctx, plan, norm)
+        receipt = _commit(ctx, plan, norm, tensors, base)
     except UpdateRejected as exc:
         _refused(ctx, device_id, header, exc)
         raise

@@ -311,3 +311,34 @@ def test_a_new_context_resumes_from_the_database(make_ctx):
     got = from_bytes(restarted.blobs.get(runs.adapter_ref(restarted, run_id).sha256))
     for key, value in numpy_fedavg(sent, [10, 10, 10]).items():
         np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "median", "trimmed_mean", "lora_exact"])
+def test_clipped_aggregation_equals_the_reference(make_ctx, rule):
+    from server import aggregation
+
+    ctx = make_ctx()
+    ids = enrol_devices(ctx, 3)
+    run_id = start_run(ctx, rounds=1, aggregation={"rule": rule, "clip_norm": 1.0, "trim_ratio": 0.34})
+    rounds.advance_all(ctx)
+    base = make_adapter(0)
+    sent = [{k: base[k] + make_adapter(50 + i, scale=0.2 * (i + 1))[k] for k in base} for i in range(3)]
+    for i, d in enumerate(ids):
+        upload(ctx, d, devices.get_task(ctx, d), to_bytes(sent[i]), n=i + 1)
+    partials = ctx.blobs.root / "partials"
+    if rule == "fedavg":  # the running sum of FedAvg, one file: the newest (older ones are deleted)
+        assert [p.name for p in partials.iterdir()] == [updates.partial_name(1, 3)]
+    assert rounds.advance_all(ctx)[0] == "round_closed"
+    got = from_bytes(ctx.blobs.get(runs.adapter_ref(ctx, run_id).sha256))
+    clipped = [aggregation.clip_update(s, base, 1.0)[0] for s in sent]
+    expected = {
+        "fedavg": lambda: numpy_fedavg(clipped, [1, 2, 3]),
+        "median": lambda: {k: np.median(np.stack([c[k] for c in clipped]), axis=0) for k in base},
+        "trimmed_mean": lambda: {k: np.sort(np.stack([c[k] for c in clipped]), axis=0)[1] for k in base},
+        "lora_exact": lambda: aggregation.lora_exact(clipped, [1, 2, 3]),
+    }[rule]()
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6)
+    summary = rounds.get_round(ctx, run_id, 1)["metrics"]["aggregation"]
+    assert summary["clipped"] == 3 and summary["updates"] == 3 and summary["rule"] == rule
+    assert not any(partials.iterdir()) if partials.exists() else True
