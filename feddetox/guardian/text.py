@@ -1,0 +1,75 @@
+"""How a conversation becomes student input: one format, used in training, eager eval, `.pte` and `.onnx`.
+
+The student reads the tokenizer's *pair* encoding of `(prompt, response)`:
+
+    [CLS] prompt [SEP] response [SEP]      token_type_ids 0 ... 0 1 ... 1
+
+and a prompt alone (`response == ""`) as the single sequence `[CLS] prompt [SEP]`. Both are truncated
+longest-first to `max_length` (128) tokens. Padding uses the tokenizer's pad id with attention mask 0, on the
+right. Everything goes through the `tokenizers` library (no transformers), so that the device and the toolchain
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from feddetox.data.records import Conversation
+from feddetox.errors import BundleError
+
+MAX_LENGTH = 128
+#: the names of the student's inputs, in the order the exported programs take them
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_FORMAT = "pair(prompt, response) with longest-first truncation; prompt alone when response is empty"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A batch of student inputs; every array is int64 of shape (B, T)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.input_ids, self.attention_mask, self.token_type_ids
+
+
+def load_tokenizer(path: str | Path, *, max_length: int = MAX_LENGTH) -> Tokenizer:
+    """Load a `tokenizer.json` and set the guardian's truncation; padding is done by `encode`."""
+    path = Path(path)
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception on a bad file
+        raise BundleError(f"file {path.name}: not a readable tokenizer.json ({exc})") from exc
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length, strategy="longest_first")
+    return tok
+
+
+def encode(
+    tokenizer: Tokenizer,
+    conversations: Sequence[Conversation],
+    *,
+    pad_to: int | None = None,
+    pad_id: int = 0,
+) -> Encoded:
+    """Encode conversations; pad to the longest in the batch, or to `pad_to` tokens when given."""
+    inputs = [(c.prompt, c.response) if c.response else c.prompt for c in conversations]
+    encodings = tokenizer.encode_batch(inputs)
+    width = pad_to if pad_to is not None else max((len(e.ids) for e in encodings), default=1)
+    batch = len(encodings)
+    ids = np.full((batch, width), pad_id, dtype=np.int64)
+    mask = np.zeros((batch, width), dtype=np.int64)
+    types = np.zeros((batch, width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = min(len(enc.ids), width)
+        ids[row, :n] = enc.ids[:n]
+        mask[row, :n] = 1
+        types[row, :n] = enc.type_ids[:n]
+    return Encoded(ids, mask, types)
