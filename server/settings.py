@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     poll_interval_s: int = 5
     #: enrolment tokens expire after this by default
     token_ttl_s: int = 24 * 3600
+    #: gRPC calls a device may make a second on average (0 = no limit), and its burst
+    device_rate_per_s: float = 20.0
+    device_burst: int = 100
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -89,6 +92,8 @@ def load_settings(**overrides) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"FEDDETOX_{'.'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}" for e in exc.errors()
+            f"{'FEDDETOX_' + '.'.join(map(str, e['loc'])).upper() + ': ' if e['loc'] else ''}"
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
         )
         raise ConfigError(problems) from None

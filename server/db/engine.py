@@ -49,12 +49,12 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self.engine = _sqlite_engine(url, immediate=True)
-            self._read_engine = _sqlite_engine(url, immediate=False)
+            self.read_engine = _sqlite_engine(url, immediate=False)
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-            self._read_engine = self.engine
+            self.read_engine = self.engine
         self._write = sessionmaker(self.engine, expire_on_commit=False)
-        self._read = sessionmaker(self._read_engine, expire_on_commit=False)
+        self._read = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -82,13 +82,13 @@ class Database:
         return stmt if self.is_sqlite else stmt.with_for_update()
 
     def ping(self) -> None:
-        with self._read_engine.connect() as conn:
+        with self.read_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._read_engine is not self.engine:
-            self._read_engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
 
 
 def translate(exc: BaseException) -> UnavailableError | None:

@@ -32,7 +32,7 @@ def head_revision() -> str:
 
 
 def current_revision(db: Database) -> str | None:
-    with db.engine.connect() as conn:
+    with db.read_engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 

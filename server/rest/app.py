@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from feddetox import __version__
 from server.rest import errors
+from server.rest.limits import BodyLimit
 from server.rest.routes import devices, health, runs
 from server.service import ServiceContext
 from server.service import runs as run_service
@@ -28,6 +29,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
+    app.add_middleware(BodyLimit, default=ctx.settings.max_message_bytes, adapter=ctx.settings.max_update_bytes)
     api = APIRouter(prefix=API_PREFIX)
     for module in (runs, devices, health):
         api.include_router(module.router)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from server.blobs import BlobStore
 from server.db import Database
 from server.db.models import Event
+from server.service.limits import RateLimiter
 from server.settings import Settings
 
 log = logging.getLogger("feddetox.coordinator")
@@ -39,6 +40,12 @@ class ServiceContext:
     clock: Callable[[], float] = time.time
     #: set to wake the round scheduler at once (after an accepted update, a newly seen device)
     wake: threading.Event = field(default_factory=threading.Event)
+    #: the per-device rate limit of authenticated calls (made from the settings when not given)
+    limiter: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = RateLimiter(self.settings.device_rate_per_s, self.settings.device_burst)
 
     def now(self) -> float:
         return self.clock()

@@ -126,13 +126,15 @@ def enrol(ctx: ServiceContext, token: str, name: str, *, platform: str = "", cli
 
 
 def authenticate(ctx: ServiceContext, device_id: str, secret: str) -> str:
-    """The device id if the secret is right; AuthError otherwise (the same message for an unknown id)."""
+    """The device id if the secret is right and the device is within its rate limit (else RateLimitedError);
+    AuthError otherwise (the same message for an unknown id)."""
     if not device_id or not secret or len(device_id) > 64 or len(secret) > 256:
         raise AuthError("device credentials missing: send metadata x-feddetox-device-id and authorization: Bearer")
     with ctx.db.read() as session:
         stored = session.scalar(select(Device.secret_hash).where(Device.id == device_id))
     if stored is None or not hmac.compare_digest(stored, hash_secret(secret)):
         raise AuthError(f"device {device_id[:64]!r}: unknown device or wrong secret")
+    ctx.limiter.check(device_id)
     return device_id
 
 

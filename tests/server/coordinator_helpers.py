@@ -123,6 +123,7 @@ class CoordinatorProcess:
             "FEDDETOX_STATE_DIR": str(self.state_dir),
             "FEDDETOX_TICK_S": "0.2",
             "FEDDETOX_CHUNK_SIZE": "1024",
+            "FEDDETOX_DEVICE_RATE_PER_S": "1000",  # the tests poll fast; the limit has its own test
             "PYTHONUNBUFFERED": "1",
         }
         if self.database_url:

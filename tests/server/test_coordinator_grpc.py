@@ -69,7 +69,8 @@ def expect(code: Code, call, reason: str | None = None) -> grpc.RpcError:
 @pytest.fixture(scope="module")
 def other_coordinator(tmp_path_factory):
     """A second coordinator for the tests that enrol extra devices (which would change the fleet's selection)."""
-    process = CoordinatorProcess(tmp_path_factory.mktemp("grpc-enrol")).start()
+    env = {"FEDDETOX_DEVICE_RATE_PER_S": "0.01", "FEDDETOX_DEVICE_BURST": "3"}  # one call per 100 s after 3
+    process = CoordinatorProcess(tmp_path_factory.mktemp("grpc-enrol"), env=env).start()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -82,6 +83,16 @@ def test_enrolment_token_is_one_time(other_coordinator):
         expect(Code.UNAUTHENTICATED, lambda: Device(other_coordinator.grpc_target).enrol(t, "twice"))
         expect(Code.INVALID_ARGUMENT, lambda: Device(other_coordinator.grpc_target).enrol(token(other_admin), "../x"))
     assert device.heartbeat().poll_interval_s > 0
+
+
+def test_a_device_over_its_rate_limit_is_refused(other_coordinator):
+    with other_coordinator.admin() as other_admin:
+        device = Device(other_coordinator.grpc_target).enrol(token(other_admin), "busy")
+    for _ in range(3):
+        device.heartbeat()
+    error = expect(Code.RESOURCE_EXHAUSTED, device.heartbeat)
+    assert "retry after" in error.details() and reason_of(error) == "rate_limited"
+    device.close()
 
 
 def test_calls_need_the_device_credential(coordinator, fleet):

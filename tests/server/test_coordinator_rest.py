@@ -69,6 +69,15 @@ def test_errors_are_json_and_name_the_field(admin):
         "message": f"run {'0' * 32!r} does not exist",
     }
     assert admin.get("/runs/../../etc").status_code == 404
+    huge = admin.post("/runs", content=b"x" * (5 * 1024 * 1024), headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["error"] == "too_large"
+
+    def chunked():  # no Content-Length: the limit counts the bytes as they come
+        for _ in range(5):
+            yield b" " * (1024 * 1024)
+
+    streamed = admin.post("/runs", content=chunked(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["error"] == "too_large"
     assert admin.get("/nothing-here").json()["error"] == "not_found"
 
 
@@ -171,4 +180,4 @@ def test_serve_refuses_a_placeholder_admin_key(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 0 and "revision 0001" in done.stdout
+    assert done.returncode == 0 and "database schema at revision" in done.stdout

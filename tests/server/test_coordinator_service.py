@@ -342,3 +342,20 @@ def test_clipped_aggregation_equals_the_reference(make_ctx, rule):
     summary = rounds.get_round(ctx, run_id, 1)["metrics"]["aggregation"]
     assert summary["clipped"] == 3 and summary["updates"] == 3 and summary["rule"] == rule
     assert not any(partials.iterdir()) if partials.exists() else True
+
+
+def test_rate_limit_per_device(clock):
+    from feddetox.errors import RateLimitedError
+    from server.service.limits import RateLimiter
+
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock)
+    for _ in range(3):
+        limiter.check("a")
+    with pytest.raises(RateLimitedError, match="retry after 0.50 s"):
+        limiter.check("a")
+    limiter.check("b")  # another device has its own bucket
+    clock.advance(0.5)
+    limiter.check("a")
+    with pytest.raises(RateLimitedError):
+        limiter.check("a")
+    RateLimiter(rate=0, burst=1).check("a")  # 0: no limit
