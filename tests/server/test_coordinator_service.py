@@ -359,3 +359,25 @@ def test_rate_limit_per_device(clock):
     with pytest.raises(RateLimitedError):
         limiter.check("a")
     RateLimiter(rate=0, burst=1).check("a")  # 0: no limit
+
+
+def test_pause_freezes_the_round_and_resume_gives_its_time_back(make_ctx, clock):
+    ctx = make_ctx()
+    ids = enrol_devices(ctx, 3)
+    run_id = start_run(ctx, round_deadline_s=60, rounds=1)
+    rounds.advance_all(ctx)
+    task = devices.get_task(ctx, ids[0])
+    deadline = rounds.get_round(ctx, run_id, 1)["deadline_at"]
+    runs.pause_run(ctx, run_id)
+    with pytest.raises(UpdateRejected) as info:
+        upload(ctx, ids[0], task, to_bytes(make_adapter(1)))
+    assert info.value.reason == "run_not_running"
+    clock.advance(500)  # far past the deadline, but paused
+    assert rounds.advance_all(ctx) == []
+    runs.resume_run(ctx, run_id)
+    assert rounds.get_round(ctx, run_id, 1)["deadline_at"] == pytest.approx(deadline + 500)
+    upload(ctx, ids[0], task, to_bytes(make_adapter(1)))  # accepted: the round got its time back
+    runs.stop_run(ctx, run_id)
+    detail = rounds.get_round(ctx, run_id, 1)
+    assert detail["status"] == "cancelled"
+    assert sorted(a["status"] for a in detail["assignments"]) == ["cancelled", "cancelled", "reported"]
