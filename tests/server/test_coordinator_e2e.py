@@ -12,6 +12,8 @@ from coordinator_helpers import CoordinatorProcess, Device, create_run, make_ada
 
 from feddetox.adapters import from_bytes, sha256_bytes, to_bytes
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request) -> str:
@@ -132,3 +134,34 @@ def test_sigkill_while_collecting_counts_every_update_once(tmp_path, database_ur
             d.close()
     finally:
         assert restarted.stop() == 0, restarted.log()
+
+
+@pytest.mark.postgres
+def test_two_coordinators_on_one_postgresql_aggregate_each_round_once(tmp_path, postgres_cluster):
+    url = postgres_cluster.new_database()
+    first = CoordinatorProcess(tmp_path / "state", database_url=url).start()
+    second = CoordinatorProcess(tmp_path / "state", database_url=url).start()  # the same blob folder
+    try:
+        with first.admin() as admin:
+            tokens = [admin.post("/enrolment-tokens").json()["token"] for _ in range(3)]
+            # devices spread over both coordinators
+            devices = [Device((first, second)[i % 2].grpc_target).enrol(t, f"two-{i}") for i, t in enumerate(tokens)]
+            for d in devices:
+                d.heartbeat()
+            run_id = create_run(admin, make_adapter(0), rounds=3, clients_per_round=3, min_clients=3)
+            for round_index in (1, 2, 3):
+                sent = [_train(d, round_index, 60 + 10 * round_index + i) for i, d in enumerate(devices)]
+                wait_for(lambda r=round_index: _round(admin, run_id, r).get("status") == "closed", what="closed")
+            wait_for(lambda: admin.get(f"/runs/{run_id}").json()["status"] == "completed", what="completed")
+            closed = admin.get("/events", params={"run_id": run_id, "kind": "round_closed"}).json()["data"]
+            assert sorted(e["round_index"] for e in closed) == [1, 2, 3]
+            assert [a["version"] for a in admin.get(f"/runs/{run_id}/adapters").json()["data"]] == [0, 1, 2, 3]
+            final = from_bytes(admin.get(f"/runs/{run_id}/adapters/3/adapter_model.safetensors").content)
+            expected = numpy_fedavg([a for _, a, _, _ in sent], [n for _, _, n, _ in sent])
+            for key, value in expected.items():
+                np.testing.assert_allclose(final[key], value, rtol=1e-6, atol=1e-7)
+        for d in devices:
+            d.close()
+    finally:
+        assert first.stop() == 0, first.log()
+        assert second.stop() == 0, second.log()
