@@ -54,9 +54,23 @@ def test_the_command_line_is_one_the_edge_agent_accepts():
         assert f"# {name}=" in UNIT.read_text(), f"the unit documents {name}"
 
 
+def test_the_model_is_pulled_before_the_agent_starts():
+    from feddetox.models.cli import _parser as models_parser
+    from feddetox.models.registry import REGISTRY
+
+    (pre,) = service_values("ExecStartPre")
+    model = re.search(r"FEDDETOX_MODEL=(\S+)", service_values("Environment")[0])[1]
+    argv = shlex.split(pre.replace("${FEDDETOX_MODEL}", model))
+    assert argv[:2] == [INSTALLED_BIN, "models"]
+    args = models_parser().parse_args(argv[2:])
+    assert args.command == "pull" and args.names == [model] and model in REGISTRY
+
+
 def test_exit_statuses_that_need_a_person_are_not_restarted():
     from edge_client import cli
 
     no_restart = {int(code) for code in service_values("RestartPreventExitStatus")[0].split()}
     codes = dict((error.__name__, code) for error, code in cli.EXIT_CODES)
-    assert {codes["DataError"], codes["ConfigError"], codes["AuthError"]} == no_restart
+    needs_a_person = ("DataError", "ConfigError", "AuthError", "ModelNotFoundError", "BundleError")
+    assert {codes[name] for name in needs_a_person} == no_restart
+    assert codes["UnavailableError"] not in no_restart, "an unreachable coordinator is retried"
