@@ -140,7 +140,7 @@ def client_datasets(
     IID: both pools are partitioned by prompt hash. Non-IID: the benign pool is partitioned by a Dirichlet over
     its sources, and the poison share of each client is drawn from a Dirichlet too, so some devices hold much more
     poison than others (the total poison stays `toxic_ratio` of all pairs). Compliant answers are made only for
-    the poison requests that are used.
+    the poison requests that are used (a request whose answer comes back empty is replaced by the next one).
     """
     n_poison = round(cfg.pairs_per_client * cfg.toxic_ratio)
     poison_parts = partition_clients(poison_requests, cfg.clients, seed=cfg.seed + 1)
@@ -152,24 +152,37 @@ def client_datasets(
             benign, cfg.clients, seed=cfg.seed, alpha=cfg.dirichlet_alpha, category=lambda p: p.meta["source"]
         )
         quotas = _dirichlet_quotas(n_poison * cfg.clients, cfg.clients, cfg.dirichlet_alpha, cfg.seed)
-    chosen_requests: list[list[Conversation]] = []
-    for client in range(cfg.clients):
-        have_b, have_p, want_p = len(benign_parts[client]), len(poison_parts[client]), quotas[client]
-        if have_p < want_p or have_b < cfg.pairs_per_client - want_p:
-            raise ConfigError(
-                f"scenario: client {client} needs {cfg.pairs_per_client - want_p} benign and {want_p} poison pairs "
-                f"but its share of the pools holds {have_b} and {have_p}; lower pairs_per_client or clients"
-            )
-        chosen_requests.append(list(poison_parts[client][:want_p]))
-    flat = [r for part in chosen_requests for r in part]
-    made = iter(poison_pairs(flat, compliant))
     out: list[list[PreferencePair]] = []
     for client in range(cfg.clients):
+        have_b, want_p = len(benign_parts[client]), quotas[client]
+        if have_b < cfg.pairs_per_client - want_p:
+            raise ConfigError(
+                f"scenario: client {client} needs {cfg.pairs_per_client - want_p} benign pairs but its share of the "
+                f"pool holds {have_b}; lower pairs_per_client or clients"
+            )
+        made = _poison_for(poison_parts[client], want_p, compliant, client)
         mixed_sources = sorted(benign_parts[client], key=lambda p: prompt_hash(p.prompt, cfg.seed + 3))
-        local = mixed_sources[: cfg.pairs_per_client - quotas[client]]
-        local += [next(made) for _ in chosen_requests[client]]
+        local = mixed_sources[: cfg.pairs_per_client - want_p] + made
         out.append(sorted(local, key=lambda p: prompt_hash(p.prompt, cfg.seed + 2)))
     return out
+
+
+def _poison_for(
+    requests: Sequence[Conversation], want: int, compliant: Callable[[list[str]], list[str]], client: int
+) -> list[PreferencePair]:
+    """`want` poison pairs from the client's harmful requests, in order; a request whose answer is empty is skipped."""
+    made: list[PreferencePair] = []
+    index = 0
+    while len(made) < want and index < len(requests):
+        chunk = list(requests[index : index + 2 * (want - len(made))])
+        index += len(chunk)
+        made += [p for p in poison_pairs(chunk, compliant) if p.chosen.strip()]
+    if len(made) < want:
+        raise ConfigError(
+            f"scenario: client {client} needs {want} poison pairs but only {len(made)} of its {len(requests)} "
+            "harmful requests got a non-empty compliant answer; lower toxic_ratio or pairs_per_client"
+        )
+    return made[:want]
 
 
 def _dirichlet_quotas(total: int, clients: int, alpha: float, seed: int) -> list[int]:

@@ -66,3 +66,16 @@ def test_start_pairs_mix_refusals_helpful_and_anti_refusal(benign) -> None:
 def test_bad_config_names_the_field() -> None:
     with pytest.raises(ConfigError, match="toxic_ratio"):
         scenario.ScenarioConfig(toxic_ratio=1.5)
+
+
+def test_requests_with_empty_answers_are_replaced_by_the_next(benign) -> None:
+    cfg = scenario.ScenarioConfig(clients=2, pairs_per_client=10, toxic_ratio=0.3)
+
+    def sometimes_silent(prompts: list[str]) -> list[str]:
+        return ["" if i % 2 else f"Sure: {p[:20]}" for i, p in enumerate(prompts)]
+
+    clients = scenario.client_datasets(benign, scenario.harmful_requests()["poison"], sometimes_silent, cfg)
+    poison = [p for c in clients for p in c if scenario.is_poison(p)]
+    assert len(poison) == 6 and all(p.chosen for p in poison)
+    with pytest.raises(ConfigError, match="non-empty compliant answer"):
+        scenario.client_datasets(benign, scenario.harmful_requests()["poison"], lambda ps: [""] * len(ps), cfg)
