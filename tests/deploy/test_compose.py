@@ -114,3 +114,4 @@ def test_the_edge_service_is_an_arm64_build_of_the_edge_image_whose_command_the_
     mounts = {v["target"]: v for v in edge["volumes"]}
     assert str(args.data) in mounts and str(args.guardian) in mounts and str(args.state) in mounts
     assert mounts[str(args.data)]["read_only"] and mounts[str(args.guardian)]["read_only"]
+    assert Path(mounts[str(args.data)]["source"]) == REPO_ROOT / "edge-data" / "pairs.jsonl", "relative to the root"
