@@ -1,7 +1,7 @@
 """The engine and the two kinds of transaction: `read()` and `write()`.
 
 Every state transition runs in one `write()` transaction and locks the rows it changes first with
-`db.locked(select(...))`: on PostgreSQL that is `SELECT ... FOR UPDATE`, so two coordinators on one
+`db.locked(select(...))`: on PostgreSQL that is `SELECT ... FOR NO KEY UPDATE`, so two coordinators on one
 database serialize on the row; on SQLite a write transaction starts with `BEGIN IMMEDIATE`, which takes
 the database's single write lock at once (WAL mode keeps readers going meanwhile).
 """
@@ -78,8 +78,13 @@ class Database:
             yield session
 
     def locked(self, stmt: Select) -> Select:
-        """The statement with a row lock (FOR UPDATE) where the database has row locks."""
-        return stmt if self.is_sqlite else stmt.with_for_update()
+        """The statement with a row lock where the database has row locks.
+
+        PostgreSQL: `FOR NO KEY UPDATE`, which excludes other writers of the row but not the `KEY SHARE`
+        locks that foreign-key checks take (inserting an update that references a locked run must not wait
+        for it, or an upload and the scheduler deadlock). No transition changes a primary key.
+        """
+        return stmt if self.is_sqlite else stmt.with_for_update(key_share=True)
 
     def ping(self) -> None:
         with self.read_engine.connect() as conn:

@@ -1,18 +1,15 @@
-"""The FastAPI application: `/api/v1` routes, OpenAPI at `/docs`, Prometheus at `/metrics`, a page at `/`."""
+"""The FastAPI application: `/api/v1` routes, OpenAPI at `/docs`, Prometheus at `/metrics`, the dashboard at `/`."""
 
 from __future__ import annotations
 
-import html
-
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import HTMLResponse
 
 from feddetox import __version__
+from server import dashboard
 from server.rest import errors
 from server.rest.limits import BodyLimit
 from server.rest.routes import devices, health, runs
 from server.service import ServiceContext
-from server.service import runs as run_service
 
 API_PREFIX = "/api/v1"
 
@@ -36,18 +33,5 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     app.include_router(api)
     app.include_router(health.metrics_router)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> str:
-        """A placeholder page that lists the runs (the dashboard will replace it)."""
-        rows = "".join(
-            f"<tr><td>{html.escape(r['name'])}</td><td><code>{r['id']}</code></td><td>{r['status']}</td>"
-            f"<td>{r['rounds_closed']}/{r['config']['rounds']}</td></tr>"
-            for r in run_service.list_runs(ctx)[0]
-        )
-        return (
-            "<!doctype html><title>FedDetox coordinator</title><h1>FedDetox coordinator</h1>"
-            "<table><tr><th>run</th><th>id</th><th>status</th><th>rounds</th></tr>"
-            f"{rows}</table><p><a href='/docs'>API</a></p>"
-        )
-
+    app.include_router(dashboard.router)  # the page at / and /static/..., evaluation endpoints
     return app

@@ -381,3 +381,36 @@ def test_pause_freezes_the_round_and_resume_gives_its_time_back(make_ctx, clock)
     detail = rounds.get_round(ctx, run_id, 1)
     assert detail["status"] == "cancelled"
     assert sorted(a["status"] for a in detail["assignments"]) == ["cancelled", "cancelled", "reported"]
+
+
+@pytest.mark.postgres
+def test_a_locked_run_does_not_block_inserts_that_reference_it(postgres_cluster, tmp_path):
+    """The scheduler holds a run's row lock while an upload inserts a row whose foreign key names that run;
+    the insert must not wait for it (with FOR UPDATE it did, and the two deadlocked)."""
+    from sqlalchemy import text
+
+    from server.db import Database, migrate
+    from server.db.models import Metric, Run
+
+    db = Database(postgres_cluster.new_database())
+    migrate(db)
+    with db.write() as session:
+        session.add(Run(id="r" * 32, name="n", status="running", config={}, created_at=0.0, updated_at=0.0))
+        session.add(Device(id="d" * 32, name="d", secret_hash="x", created_at=0.0, last_seen_at=0.0))
+    with db.write() as scheduler:
+        scheduler.execute(db.locked(select(Run).where(Run.id == "r" * 32))).scalar_one()
+        with db.write() as upload:
+            upload.execute(text("SET LOCAL lock_timeout = '20s'"))  # a bound on failure only
+            upload.add(
+                Metric(
+                    run_id="r" * 32,
+                    round_index=1,
+                    device_id="d" * 32,
+                    assignment_id="a",
+                    metrics={},
+                    sanitization={},
+                    created_at=0.0,
+                )
+            )
+            upload.flush()  # returns at once: FOR NO KEY UPDATE does not conflict with the FK's KEY SHARE
+    db.dispose()
