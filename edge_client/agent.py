@@ -20,6 +20,7 @@ and sanitization counts leave the device, never text.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 import time
@@ -77,7 +78,7 @@ class AgentConfig:
     model: str | None = None
     skip_invalid: bool = False
     templates_path: Path | None = None
-    device_name: str = field(default_factory=lambda: socket.gethostname()[:64] or "device")
+    device_name: str = field(default_factory=lambda: device_name_of(socket.gethostname()))
     max_rounds: int | None = None
     #: never wait longer than this between polls, whatever the coordinator says
     max_poll_s: float = 30.0
@@ -96,18 +97,26 @@ class Progress:
     def line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def fraction(self, key: str, prefix: str, done: int, total: int, show: Callable[[int], str] = str) -> None:
+    def fraction(
+        self, key: str, prefix: str, done: int, total: int, show: Callable[[int], str] = str, *, suffix: str = ""
+    ) -> None:
         """A line at every 25% step of `total` (and one at the end)."""
         share = 1.0 if total <= 0 else done / total
         step = 1.0 if share >= 1.0 else int(share * 4) / 4
         if step <= self._last.get(key, -1.0):
             return
         self._last[key] = step
-        self.line(f"{prefix} {show(done)}/{show(total)} ({share:.0%})")
+        self.line(f"{prefix} {show(done)}/{show(total)} ({share:.0%}){suffix}")
 
     def reset(self) -> None:
         """Start counting afresh (a new task)."""
         self._last.clear()
+
+
+def device_name_of(text: str) -> str:
+    """A name the protocol accepts ([A-Za-z0-9._-], at most 64 characters) made from any text, e.g. a host name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:64]
+    return name or "device"
 
 
 def human_bytes(n: int) -> str:
@@ -154,8 +163,9 @@ class EdgeAgent:
             self.client.credential = credential
             return
         if not enrol_token:
+            other = f" (its credential is for {credential.coordinator})" if credential is not None else ""
             raise AuthError(
-                f"this device is not enrolled with the coordinator at {self.client.address}",
+                f"this device is not enrolled with the coordinator at {self.client.address}{other}",
                 hint="pass --enrol-token with a one-time token from the operator",
             )
         credential = self.client.enrol(enrol_token, device_name=self.config.device_name)
@@ -275,10 +285,10 @@ class EdgeAgent:
         steps = assignment.training.local_steps
         self.progress.line(f"{label} train: {steps} local steps on {len(result.pairs)} pairs")
 
-        def on_step(*args: Any, **kwargs: Any) -> None:
-            numbers = [a for a in args if isinstance(a, int)]
-            if len(numbers) >= 2:
-                self.progress.fraction("train", f"{label} train step", numbers[0], numbers[1])
+        def on_step(step: int, total: int, metrics: dict[str, float] | None = None) -> None:
+            loss = (metrics or {}).get("loss")
+            suffix = "" if loss is None else f", loss {loss:.4f}"
+            self.progress.fraction("train", f"{label} train step", step, total, suffix=suffix)
 
         trained = trainer.train(result.pairs, start, cfg, progress=on_step)
         tensors = {k: np.asarray(v, dtype=np.float32) for k, v in trained.adapter.items()}

@@ -2,6 +2,7 @@
 
     feddetox edge run --coordinator HOST:PORT --enrol-token T --data pairs.jsonl --guardian BUNDLE [--model NAME]
     feddetox edge sanitize --data pairs.jsonl --guardian BUNDLE --out clean.jsonl [--policy replace|drop|none]
+    feddetox edge install-guardian BUNDLE      # verify, copy to $FEDDETOX_HOME/guardians/<id>; then --guardian <id>
 
 Exit status: 0 done, 2 bad input (data, option, bundle file), 3 coordinator unreachable, 4 credentials
 refused, 5 the task needs a model or guardian version this device does not have, 1 any other FedDetox error.
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="the coordinator's gRPC address")
     run.add_argument("--enrol-token", metavar="T", help="one-time enrolment token (needed only the first time)")
     run.add_argument("--data", required=True, type=Path, metavar="F", help="local preference pairs (jsonl/csv/parquet)")
-    run.add_argument("--guardian", required=True, type=Path, metavar="B", help="the guardian bundle folder")
+    run.add_argument("--guardian", required=True, type=Path, metavar="B", help="guardian bundle folder or installed id")
     run.add_argument("--model", metavar="NAME", help="the SLM on this device (default: the task's base model)")
     run.add_argument("--state", type=Path, metavar="DIR", help="state folder (default: $FEDDETOX_HOME/device)")
     run.add_argument("--ca-file", type=Path, metavar="F", help="CA certificate (PEM): use TLS and trust this CA")
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log retries and other details")
 
+    install = sub.add_parser(
+        "install-guardian",
+        help="verify a guardian bundle and install it in this device's cache",
+        description="Check every file of a guardian bundle against its manifest, then copy it to "
+        "$FEDDETOX_HOME/guardians/<bundle id>; `--guardian <bundle id>` then finds it.",
+    )
+    install.add_argument("bundle", type=Path, help="the bundle folder (manifest.json, student.pte, tokenizer.json)")
+
     san = sub.add_parser(
         "sanitize",
         help="sanitize a data file offline with a guardian and print a report",
@@ -72,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "sanitized pairs as JSONL and prints what was flagged.",
     )
     san.add_argument("--data", required=True, type=Path, metavar="F", help="preference pairs (jsonl/csv/parquet)")
-    san.add_argument("--guardian", required=True, type=Path, metavar="B", help="the guardian bundle folder")
+    san.add_argument("--guardian", required=True, type=Path, metavar="B", help="guardian bundle folder or installed id")
     san.add_argument("--out", required=True, type=Path, metavar="F2", help="where to write the sanitized JSONL")
     san.add_argument("--policy", choices=("replace", "drop", "none"), default="replace")
     san.add_argument("--threshold", type=float, metavar="X", help="p_unsafe >= X is unsafe (default: the bundle's)")
@@ -88,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "install-guardian":
+            return _install_guardian(args)
         return _sanitize(args)
     except FedDetoxError as exc:
         print(f"feddetox edge: error: {exc}", file=sys.stderr)
@@ -109,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    from edge_client.agent import AgentConfig, EdgeAgent
+    from edge_client.agent import AgentConfig, EdgeAgent, device_name_of
     from edge_client.state import DeviceState
     from edge_client.transport import CoordinatorClient, RetryPolicy
 
@@ -119,7 +130,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-rounds must be at least 1, got {args.max_rounds}")
     config = AgentConfig(
         data_path=args.data,
-        guardian_dir=args.guardian,
+        guardian_dir=guardian_path(args.guardian),
         model=args.model,
         skip_invalid=args.skip_invalid,
         templates_path=args.templates,
@@ -128,7 +139,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         give_up_after_s=args.give_up_after,
     )
     if args.device_name:
-        config.device_name = args.device_name
+        config.device_name = device_name_of(args.device_name)
     state = DeviceState(args.state or home_dir() / "device")
     retry = RetryPolicy() if args.give_up_after is None else RetryPolicy().within(args.give_up_after)
     with CoordinatorClient(args.coordinator, ca_file=args.ca_file, retry=retry) as client:
@@ -136,6 +147,46 @@ def _run_agent(args: argparse.Namespace) -> int:
         print(f"guardian {agent.guardian.bundle_id} (threshold {agent.guardian.threshold:g}); state {state.root}")
         done = agent.run(enrol_token=args.enrol_token)
     print(f"done: {done} task(s)")
+    return 0
+
+
+def guardians_dir() -> Path:
+    """Where `install-guardian` puts bundles: $FEDDETOX_HOME/guardians/<bundle id>."""
+    return home_dir() / "guardians"
+
+
+def guardian_path(value: Path) -> Path:
+    """`--guardian`: a bundle folder, or the id of an installed bundle."""
+    if value.is_dir() or len(value.parts) != 1:
+        return value
+    installed = guardians_dir() / value.name
+    if installed.is_dir():
+        return installed
+    raise BundleError(
+        f"guardian bundle {str(value)!r} is neither a folder nor an installed bundle id",
+        hint="pass the bundle folder, or install it first with `feddetox edge install-guardian FOLDER`",
+    )
+
+
+def _install_guardian(args: argparse.Namespace) -> int:
+    import shutil
+
+    from feddetox.guardian import verify_bundle
+
+    manifest = verify_bundle(args.bundle)
+    target = guardians_dir() / manifest.bundle_id
+    if target.exists():
+        verify_bundle(target)
+        print(f"guardian {manifest.bundle_id} is already installed in {target}")
+        return 0
+    staging = target.with_name(f".{manifest.bundle_id}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in [*manifest.files, "manifest.json"]:
+        shutil.copy2(args.bundle / name, staging / name)
+    verify_bundle(staging)
+    staging.rename(target)
+    print(f"installed guardian {manifest.bundle_id} (threshold {manifest.threshold:g}) in {target}")
     return 0
 
 
@@ -163,7 +214,7 @@ def _sanitize(args: argparse.Namespace) -> int:
 
     templates = load_templates(args.templates)
     read = read_pairs(args.data, skip_invalid=args.skip_invalid)
-    guardian = load_guardian(args.guardian, threshold=args.threshold)
+    guardian = load_guardian(guardian_path(args.guardian), threshold=args.threshold)
     total = len(read.pairs)
     print(f"scoring {total} pairs of {args.data} with guardian {guardian.bundle_id}", flush=True)
     last = [-1]

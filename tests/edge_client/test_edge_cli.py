@@ -96,3 +96,17 @@ def test_the_state_keeps_the_credential_private(tmp_path, tiny_bundle, planted, 
     with MinimalCoordinator(state) as server:
         main(_run_args(tmp_path, tiny_bundle, planted, server.address))
     assert stat.S_IMODE(os.stat(tmp_path / "dev" / "credential.json").st_mode) == 0o600
+
+
+def test_install_guardian_then_use_it_by_id(tmp_path, tiny_bundle, planted, monkeypatch, capsys):
+    monkeypatch.setenv("FEDDETOX_HOME", str(tmp_path / "home"))
+    assert main(["install-guardian", str(tiny_bundle)]) == 0
+    bundle_id = planted["bundle_id"]
+    assert (tmp_path / "home" / "guardians" / bundle_id / "manifest.json").is_file()
+    assert main(["install-guardian", str(tiny_bundle)]) == 0
+    assert "already installed" in capsys.readouterr().out
+    data = write_pairs_file(tmp_path / "pairs.jsonl", planted["client_b"])
+    args = ["sanitize", "--data", str(data), "--out", str(tmp_path / "o.jsonl")]
+    assert main([*args, "--guardian", bundle_id]) == 0
+    assert main([*args, "--guardian", "0123456789abcdef"]) == 5
+    assert "install-guardian" in capsys.readouterr().err

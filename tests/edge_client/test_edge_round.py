@@ -19,6 +19,8 @@ from feddetox.models.loading import weights_sha256
 from feddetox.refusals import shipped_templates
 from feddetox.settings import REPO_ROOT
 
+pytestmark = pytest.mark.slow
+
 RUN_ARGS = ["--max-rounds", "1", "--max-poll", "0.1", "--give-up-after", "120"]
 LORA = LoraSpec(r=4, alpha=8.0, dropout=0.0, target_modules=("q_proj", "v_proj"))
 
