@@ -29,7 +29,9 @@ class TrainConfig:
     Knobs: `bf16_base` stores the frozen base weights in bf16 (LoRA weights and optimizer state stay fp32);
     `compute_dtype` picks the arithmetic of the frozen matmuls; `gradient_checkpointing` recomputes each
     decoder layer in the backward pass instead of keeping its activations; `lm_head_chunk` applies the LM head
-    to that many response positions at a time (0 = all response positions at once).
+    to that many response positions at a time (0 = all response positions at once);
+    `malloc_mmap_threshold_kib` fixes glibc's mmap threshold so that freed tensors go back to the system
+    (process-wide; 0 leaves malloc alone; see `feddetox.training.memory`).
     """
 
     beta: float = 0.1
@@ -47,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
     compute_dtype: str = "auto"
+    malloc_mmap_threshold_kib: int = 128
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -64,6 +67,9 @@ class TrainConfig:
             raise bad("seed", "must be an integer >= 0")
         if not isinstance(self.lm_head_chunk, int) or isinstance(self.lm_head_chunk, bool) or self.lm_head_chunk < 0:
             raise bad("lm_head_chunk", "must be an integer >= 0 (0 = all response positions at once)")
+        kib = self.malloc_mmap_threshold_kib
+        if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
+            raise bad("malloc_mmap_threshold_kib", "must be an integer >= 0 (0 = leave malloc as it is)")
         for name in ("bf16_base", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")

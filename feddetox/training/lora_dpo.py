@@ -30,6 +30,7 @@ from feddetox.errors import ConfigError, DataError
 from feddetox.training.batches import Batch, EncodedPair, collate, encode_pair, pair_order
 from feddetox.training.config import TrainConfig
 from feddetox.training.dpo import chunked_token_logps, dpo_loss
+from feddetox.training.memory import fix_malloc_threshold, trim
 from feddetox.training.precision import cast_frozen, resolve_compute_dtype, restore_frozen, upcast_frozen
 
 #: progress(step, total_steps, metrics_so_far) after every optimizer step; True prints a line per step
@@ -132,7 +133,9 @@ class LoraDpoTrainer:
 
     # -- precision and memory knobs ---------------------------------------------------------------------------
     def _prepare(self, cfg: TrainConfig) -> torch.dtype:
-        """Apply the knobs: storage of the frozen base, compute dtype, gradient checkpointing."""
+        """Apply the knobs: storage of the frozen base, compute dtype, gradient checkpointing, malloc."""
+        if cfg.malloc_mmap_threshold_kib:
+            fix_malloc_threshold(cfg.malloc_mmap_threshold_kib)
         storage = self._decoder.get_input_embeddings().weight.dtype
         if cfg.bf16_base and storage != torch.bfloat16:
             cast_frozen(self.model, torch.bfloat16)
@@ -287,6 +290,8 @@ class LoraDpoTrainer:
             tokens_per_s=tokens / seconds if seconds > 0 else math.inf,
         )
         optimizer.zero_grad(set_to_none=True)
+        del optimizer
+        trim()
         return TrainResult(self.adapter_state(), metrics, num_examples=min(used, len(pairs)))
 
 

@@ -38,6 +38,7 @@ def test_defaults_are_the_documented_ones():
         ("epochs", 0),
         ("max_grad_norm", 0.0),
         ("compute_dtype", "float16"),
+        ("malloc_mmap_threshold_kib", -1),
     ],
 )
 def test_invalid_values_name_the_field(field, value):
