@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from feddetox.evaluation.generate import length_order, model_device, pad_id
+from feddetox.evaluation.generate import DEFAULT_MAX_BATCH_TOKENS, length_batches, model_device, pad_id
 
 
 def encode_pair(
@@ -47,16 +47,16 @@ def score_token_rows(
     *,
     pad: int = 0,
     batch_size: int = 8,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     max_length: int | None = None,
     progress: bool = True,
     desc: str = "log-likelihood",
 ) -> list[tuple[float, int]]:
     """For each (context ids, continuation ids): (sum of the continuation's token log-probs, its length).
 
-    A row longer than `max_length` loses context tokens from the left; the continuation is kept whole.
+    A batch holds at most `batch_size` rows and `max_batch_tokens` padded tokens. A row longer than
+    `max_length` loses context tokens from the left; the continuation is kept whole.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     seqs: list[list[int]] = []
     for ctx, cont in rows:
         if not ctx:
@@ -70,11 +70,10 @@ def score_token_rows(
     was_training = model.training
     model.eval()
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
-    order = length_order([len(s) for s in seqs])
+    batches = length_batches([len(s) for s in seqs], batch_size, max_batch_tokens)
     try:
         with tqdm(total=len(rows), desc=desc, unit="seq", disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
+            for batch in batches:
                 width = max(len(seqs[i]) for i in batch)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -112,6 +111,7 @@ def continuation_logprobs(
     pairs: Sequence[tuple[str, str]],
     *,
     batch_size: int = 8,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     add_special_tokens: bool = True,
     max_length: int | None = None,
     progress: bool = True,
@@ -124,6 +124,7 @@ def continuation_logprobs(
         rows,
         pad=pad_id(tokenizer),
         batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
         max_length=max_length,
         progress=progress,
         desc=desc,

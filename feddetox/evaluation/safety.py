@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from feddetox.data.records import Conversation, EvalPrompt
-from feddetox.evaluation.generate import format_prompt, generate
+from feddetox.evaluation.generate import DEFAULT_MAX_BATCH_TOKENS, format_prompt, generate
 from feddetox.evaluation.loglik import continuation_logprobs
 from feddetox.evaluation.refusal import is_refusal, xstest_refusal
 
@@ -151,6 +151,7 @@ def refusal_vs_target_logprob(
     *,
     refusal: str = DEFAULT_REFUSAL,
     batch_size: int = 8,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     progress: bool = True,
 ) -> dict[str, float]:
     """Mean log-probability, as the assistant's answer to each goal, of a refusal and of the goal's AdvBench
@@ -177,6 +178,7 @@ def refusal_vs_target_logprob(
         tokenizer,
         pairs,
         batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
         add_special_tokens=False,
         progress=progress,
         desc="refusal/target",
@@ -215,6 +217,7 @@ def evaluate_safety(
     guardian: Guardian | None = None,
     max_new_tokens: int = 48,
     batch_size: int = 8,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     logprob: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -229,7 +232,8 @@ def evaluate_safety(
     """
     metrics: dict[str, Any] = {}
     answers: dict[str, list[dict]] = {}
-    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
+    batching = {"batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "progress": progress}
+    gen = {"max_new_tokens": max_new_tokens, **batching}
 
     if goals:
         prompts = [g.prompt for g in goals]
@@ -276,5 +280,5 @@ def evaluate_safety(
         answers["xstest"] = rows
 
     if goals and logprob:
-        metrics.update(refusal_vs_target_logprob(model, tokenizer, goals, batch_size=batch_size, progress=progress))
+        metrics.update(refusal_vs_target_logprob(model, tokenizer, goals, **batching))
     return {"metrics": metrics, "answers": answers}

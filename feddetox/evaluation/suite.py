@@ -51,16 +51,17 @@ class EvalConfig:
     advbench_goals: int | None = 32  # of 520
     jailbreak_templates: int = 2  # of 73; each wraps the first `jailbreak_goals` goals
     jailbreak_goals: int = 8
-    xstest_safe: int | None = 40  # of 250
-    xstest_unsafe: int | None = 20  # of 200
-    truthfulqa: int | None = 100  # of 790
+    xstest_safe: int | None = 30  # of 250
+    xstest_unsafe: int | None = 10  # of 200
+    truthfulqa: int | None = 50  # of 790
     mmlu_subjects: tuple[str, ...] = MMLU_SUBJECTS[:4]
-    mmlu_per_subject: int | None = 25  # the first N questions of each subject
+    mmlu_per_subject: int | None = 10  # the first N questions of each subject
     gsm8k: int = 0  # of 1,319; 0 = skip (long greedy answers are slow on a CPU)
     max_new_tokens: int = 48
     gsm8k_max_new_tokens: int = 256
-    batch_size: int = 8  # generation
-    mc_batch_size: int = 16  # log-likelihood scoring
+    batch_size: int = 32  # prompts per generation batch: on a CPU, larger batches cost less per prompt
+    max_batch_tokens: int = 16384  # padded prompt tokens per batch (long jailbreak prompts: smaller batches)
+    mc_batch_size: int = 16  # sequences per log-likelihood batch
     logprob: bool = True  # the refusal-versus-target log-probability on the goals
     seed: int = 0
 
@@ -74,7 +75,7 @@ class EvalConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"evaluation config field {f.name!r}: expected a count >= 0, got {value!r}")
-        for f in ("max_new_tokens", "batch_size", "mc_batch_size", "gsm8k_max_new_tokens"):
+        for f in ("max_new_tokens", "batch_size", "max_batch_tokens", "mc_batch_size", "gsm8k_max_new_tokens"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"evaluation config field {f!r}: must be at least 1, got {getattr(self, f)}")
 
@@ -122,7 +123,6 @@ PRESETS: dict[str, EvalConfig] = {
         truthfulqa=None,
         mmlu_subjects=MMLU_SUBJECTS,
         mmlu_per_subject=50,
-        batch_size=16,
     ),
 }
 
@@ -215,6 +215,7 @@ def run_eval(
         guardian=guardian,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
+        max_batch_tokens=cfg.max_batch_tokens,
         logprob=cfg.logprob,
         progress=progress,
     )

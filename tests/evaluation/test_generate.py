@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from feddetox.evaluation.generate import encode_prompt, format_prompt, generate, left_pad
+from feddetox.evaluation.generate import encode_prompt, format_prompt, generate, left_pad, length_batches
 
 PROMPTS = [
     "Hi",
@@ -65,3 +65,11 @@ def test_a_peft_model_generates_with_its_adapter_on(lively_lm) -> None:
     assert with_adapter == alone
     assert without == base_answers
     assert with_adapter != base_answers
+
+
+def test_batches_are_capped_by_rows_and_padded_tokens() -> None:
+    lengths = [10, 50, 20, 50, 5]
+    assert length_batches(lengths, 2) == [[1, 3], [2, 0], [4]]
+    # 2 rows of 50 tokens = 100 > 90: the long ones go alone; then 20 + 10 + 5 padded to 20 = 60 <= 90
+    assert length_batches(lengths, 8, max_tokens=90) == [[1], [3], [2, 0, 4]]
+    assert length_batches([500], 8, max_tokens=90) == [[0]]  # a row alone may exceed the cap
