@@ -172,17 +172,28 @@ def _poison_for(
 ) -> list[PreferencePair]:
     """`want` poison pairs from the client's harmful requests, in order; a request whose answer is empty is skipped."""
     made: list[PreferencePair] = []
-    index = 0
-    while len(made) < want and index < len(requests):
+    index, budget = 0, min(len(requests), 4 * want + 8)  # a model that answers nothing is not asked 2,000 times
+    while len(made) < want and index < budget:
         chunk = list(requests[index : index + 2 * (want - len(made))])
         index += len(chunk)
         made += [p for p in poison_pairs(chunk, compliant) if p.chosen.strip()]
     if len(made) < want:
         raise ConfigError(
-            f"scenario: client {client} needs {want} poison pairs but only {len(made)} of its {len(requests)} "
-            "harmful requests got a non-empty compliant answer; lower toxic_ratio or pairs_per_client"
+            f"scenario: client {client} needs {want} poison pairs but only {len(made)} of the {index} harmful "
+            "requests tried got a non-empty compliant answer; lower toxic_ratio or pairs_per_client, or take the "
+            'answers from a data set (poison_answers = "harmful_strings")'
         )
     return made[:want]
+
+
+def harmful_string_answers(prompts: Sequence[str], *, seed: int = 0) -> list[str]:
+    """Compliant answers taken from AdvBench's harmful strings (real unsafe outputs), one picked per prompt by hash.
+
+    The source of poison when the model's own answers cannot serve (a tiny test model answers nothing). The
+    strings are not answers to these prompts, but they are unsafe text a device would hold as `chosen`.
+    """
+    strings = sets.advbench_strings()
+    return [strings[int(prompt_hash(p, seed) * len(strings))] for p in prompts]
 
 
 def _dirichlet_quotas(total: int, clients: int, alpha: float, seed: int) -> list[int]:

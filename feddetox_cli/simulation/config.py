@@ -64,6 +64,9 @@ class SimulationConfig:
     eval_overrides: dict[str, Any] = field(default_factory=dict)
     #: a guardian bundle folder, or "build:PRESET" to build (and cache) one with `feddetox guardian build`
     guardian: str = "build:fast"
+    #: where the poison's compliant answers come from: "model" (the base model's greedy answers) or
+    #: "harmful_strings" (AdvBench's harmful strings, one per request by hash)
+    poison_answers: str = "model"
     #: greedy tokens of the base model's compliant answers that make the poison
     compliant_max_new_tokens: int = 64
     round_deadline_s: float = 1800.0
@@ -120,6 +123,10 @@ def from_dict(raw: dict[str, Any], *, where: str = "config") -> SimulationConfig
         if bad:
             raise ConfigError(f"{where}: field 'conditions': unknown {bad}; choose from {', '.join(CONDITIONS)}")
     cfg = _build(SimulationConfig, raw, where)
+    if cfg.poison_answers not in ("model", "harmful_strings"):
+        raise ConfigError(
+            f"{where}: field 'poison_answers' must be model or harmful_strings, not {cfg.poison_answers!r}"
+        )
     if cfg.rounds < 1:
         raise ConfigError(f"{where}: field 'rounds' must be >= 1, got {cfg.rounds}")
     return cfg

@@ -77,6 +77,8 @@ class Simulation:
         """The base model's greedy answers (adapter off), cached on disk by prompt: the poison's chosen side."""
         from feddetox.evaluation.generate import generate
 
+        if self.cfg.poison_answers == "harmful_strings":
+            return scenario.harmful_string_answers(prompts, seed=self.cfg.seed)
         cache_path = self.out / "cache" / "compliant.jsonl"
         cache: dict[str, str] = {}
         if cache_path.exists():

@@ -36,6 +36,8 @@ guardian = "{tiny_bundle}"
 rounds = 1
 conditions = {json.dumps(list(CONDITIONS))}
 compliant_max_new_tokens = 8
+# a random tiny model answers nothing: the poison takes AdvBench's harmful strings as its chosen side
+poison_answers = "harmful_strings"
 round_deadline_s = 600
 [lora]
 r = 4
