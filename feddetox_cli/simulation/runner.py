@@ -26,6 +26,11 @@ from feddetox_cli.simulation.config import LABELS, SimulationConfig
 from feddetox_cli.simulation.federation import Coordinator, Device
 
 POLICY = {"benign": "none", "none": "none", "drop": "drop", "replace": "replace"}
+#: `feddetox guardian build` options of the guardian presets a simulation may ask for ("build:PRESET")
+GUARDIAN_PRESETS: dict[str, list[str]] = {
+    "fast": ["--data-scale", "0.25", "--teacher-steps", "60", "--student-steps", "120", "--no-onnx", "--no-ablation"],
+    "full": [],
+}
 
 
 def _log(message: str) -> None:
@@ -306,10 +311,21 @@ def _ensure_guardian(spec: str, out: Path) -> Path:
     from feddetox.settings import home_dir
 
     preset = spec.split(":", 1)[1]
+    if preset not in GUARDIAN_PRESETS:
+        raise ConfigError(f"field 'guardian': unknown preset {preset!r}; known: {', '.join(GUARDIAN_PRESETS)}")
     bundle = home_dir() / "guardians" / preset
     if not (bundle / "manifest.json").exists():
         _log(f"building the guardian bundle (preset {preset}); it is cached in {bundle}")
-        cmd = [sys.executable, "-m", "feddetox_cli", "guardian", "build", "--preset", preset, "--out", str(bundle)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "feddetox_cli",
+            "guardian",
+            "build",
+            "--out",
+            str(bundle),
+            *GUARDIAN_PRESETS[preset],
+        ]
         subprocess.run(cmd, check=True)
     return bundle
 
