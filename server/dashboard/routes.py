@@ -81,13 +81,16 @@ class EvaluationCreate(BaseModel):
     note: str = Field("", max_length=256, description="what was evaluated, e.g. the evaluation preset")
 
 
-class EvaluationPublic(BaseModel):
+class EvaluationRecorded(BaseModel):
     run_id: str
     round_index: int
     adapter_version: int | None
     metrics: dict[str, float]
     note: str
-    at: float | None = None
+
+
+class EvaluationPublic(EvaluationRecorded):
+    at: float = Field(description="when it was recorded (UNIX seconds)")
 
 
 class EvaluationsPublic(BaseModel):
@@ -100,9 +103,9 @@ class EvaluationsPublic(BaseModel):
 )
 def post_evaluation(
     ctx: CtxDep, run_id: RunId, index: Annotated[int, Path(ge=0)], body: EvaluationCreate
-) -> EvaluationPublic:
+) -> EvaluationRecorded:
     """Record the evaluation of a closed round's global adapter (round 0: the starting adapter); the newest wins."""
-    return EvaluationPublic(**evaluation.record_evaluation(ctx, run_id, index, body.metrics, note=body.note))
+    return EvaluationRecorded(**evaluation.record_evaluation(ctx, run_id, index, body.metrics, note=body.note))
 
 
 @router.get("/api/v1/runs/{run_id}/evaluations", tags=["evaluation"])

@@ -51,10 +51,12 @@ function reportBar(reported, selected, quorum) {
   return bar;
 }
 
-function notify(message, { error = false, action = null } = {}) {
+function notify(message, { error = false, action = null, detail = null } = {}) {
   const box = $("#notices");
   const note = h("div", { class: `notice${error ? " error" : ""}`, role: error ? "alert" : "status" },
-    h("p", {}, message), action, h("button", { type: "button", class: "close", "aria-label": "Dismiss" }, "×"));
+    h("div", { class: "notice-body" }, h("p", {}, message), detail ? h("p", { class: "muted small" }, detail) : null,
+      action ? h("div", { class: "notice-actions" }, action) : null),
+    h("button", { type: "button", class: "close", "aria-label": "Dismiss" }, "×"));
   note.querySelector(".close").addEventListener("click", () => note.remove());
   box.append(note);
   while (box.children.length > 4) box.firstElementChild.remove();
@@ -69,10 +71,11 @@ function refused(what, err) {
     const open = h("button", { type: "button", class: "secondary", "data-focus": "notice-key" }, "Enter admin key");
     open.addEventListener("click", () => openKeyDialog());
     notify(hadKey
-      ? `Refused: the coordinator did not accept the admin key to ${what} (${err.message}).`
-      : `Refused: ${what} needs the admin key; this view is read-only (${err.message}).`, { error: true, action: open });
+      ? `Refused: the coordinator did not accept the admin key to ${what}.`
+      : `Refused: you need the admin key to ${what}; this view is read-only.`,
+    { error: true, action: open, detail: `The coordinator said: ${err.message}` });
   } else {
-    notify(`Could not ${what}: ${err.message}`, { error: true });
+    notify(`Could not ${what}.`, { error: true, detail: err.message });
   }
 }
 
@@ -672,7 +675,7 @@ function applyTheme(theme) {
   if (theme === "auto") delete document.documentElement.dataset.theme;
   else document.documentElement.dataset.theme = theme;
   const button = $("#theme-button");
-  button.textContent = theme[0].toUpperCase() + theme.slice(1);
+  button.textContent = `Theme: ${theme}`;
   button.setAttribute("aria-label", `Theme: ${theme}; change`);
 }
 

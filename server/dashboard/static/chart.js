@@ -77,7 +77,7 @@ export function lineChart(series, options) {
     grid.append(svg("line", { x1: M.left, x2: W - M.right, y1: py(t), y2: py(t) }));
     grid.append(svg("text", { x: M.left - 6, y: py(t) + 4, class: "tick y" }, tickText(t)));
   }
-  for (const t of roundTicks(Math.max(x0, Math.min(...xs)), x1)) {
+  for (const t of roundTicks(Math.min(...xs), Math.max(...xs))) {
     grid.append(svg("line", { x1: px(t), x2: px(t), y1: H - M.bottom, y2: H - M.bottom + 4, class: "xtick" }));
     grid.append(svg("text", { x: px(t), y: H - M.bottom + 17, class: "tick x" }, t === 0 ? "start" : String(t)));
   }
