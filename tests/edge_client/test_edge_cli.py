@@ -110,3 +110,11 @@ def test_install_guardian_then_use_it_by_id(tmp_path, tiny_bundle, planted, monk
     assert main([*args, "--guardian", bundle_id]) == 0
     assert main([*args, "--guardian", "0123456789abcdef"]) == 5
     assert "install-guardian" in capsys.readouterr().err
+
+
+def test_run_without_a_token_or_credential_says_what_to_pass(tmp_path, tiny_bundle, planted, capsys):
+    with MinimalCoordinator(CoordinatorState(tokens={"token-a"})) as server:
+        args = _run_args(tmp_path, tiny_bundle, planted, server.address)
+        at = args.index("--enrol-token")
+        assert main(args[:at] + args[at + 2 :]) == 4
+    assert "pass --enrol-token" in capsys.readouterr().err
