@@ -116,7 +116,7 @@ def test_run_lifecycle_and_adapter_download(admin):
     assert admin.get(f"/runs/{run_id}").status_code == 404
 
 
-def test_tokens_devices_events_and_index(coordinator, admin, anon):
+def test_tokens_devices_events_and_runs_list(coordinator, admin, anon):
     issued = admin.post("/enrolment-tokens", json={"note": "lab phone", "ttl_s": 600})
     assert issued.status_code == 201 and issued.json()["token"].startswith("fdt_")
     listed = admin.get("/enrolment-tokens").json()["data"]
@@ -128,7 +128,8 @@ def test_tokens_devices_events_and_index(coordinator, admin, anon):
     run_id = create_run(admin, make_adapter(1), name="listed run")
     events = admin.get("/events", params={"run_id": run_id}).json()["data"]
     assert [e["kind"] for e in events][:3] == ["run_created", "adapter_set", "run_start"]
-    assert "listed run" in httpx.get(coordinator.url + "/").text
+    assert any(r["name"] == "listed run" for r in anon.get("/runs").json()["data"])
+    assert httpx.get(coordinator.url + "/").status_code == 200  # the dashboard's page
     rounds = admin.get(f"/runs/{run_id}/rounds").json()
     assert rounds["count"] <= 1  # round 1 waits for devices
     admin.post(f"/runs/{run_id}/stop")
