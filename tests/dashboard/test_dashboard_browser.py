@@ -119,6 +119,8 @@ def test_a_round_closing_elsewhere_appears_without_a_reload(page_factory, runs, 
     expect(points(page, "chart-loss", "dpo_loss")).to_have_count(4)  # round 4 so far
     assert page.evaluate("window.__sameDocument") is True  # no reload happened
     shoot(page, artifacts, "run-laptop")
+    page.set_viewport_size({"width": 1280, "height": 1400})
+    page.screenshot(path=str(artifacts / "run-laptop-screen.png"), animations="disabled")  # docs/dashboard.png
     page.set_viewport_size({"width": 390, "height": 844})
     shoot(page, artifacts, "run-phone")
     assert page.errors == []

@@ -307,7 +307,7 @@ function timeline({ rounds, metrics, run }) {
       h("th", { scope: "row", class: "num" }, String(r.index)),
       h("td", {}, badge(r.status)),
       h("td", { class: "devices-cell" }, h("span", { class: "num" }, `${fmt.int(r.reported)} / ${fmt.int(r.selected)}`),
-        h("span", { class: "muted small" }, ` quorum ${fmt.int(r.quorum)}`), reportBar(r.reported, r.selected, r.quorum)),
+        h("span", { class: "muted small hide-sm" }, ` quorum ${fmt.int(r.quorum)}`), reportBar(r.reported, r.selected, r.quorum)),
       h("td", { class: "hide-sm" }, h("time", { title: fmt.datetime(r.opened_at) }, fmt.when(r.opened_at, clock.now()))),
       h("td", {}, r.status === "collecting" && r.deadline_at
         ? (run.status === "paused" ? "paused" : h("span", { "data-deadline": r.deadline_at }, deadlineText(r.deadline_at)))
@@ -335,7 +335,7 @@ function devicesTable(devices, assignments = null) {
   }
   const inRound = new Map((assignments || []).map((a) => [a.device_id, a.status]));
   const now = clock.now();
-  const cols = [["Device"], ["Last seen"], ...(assignments ? [["This round"]] : []), ["Rounds joined", "num hide-sm"],
+  const cols = [["Device"], ["Last seen"], ...(assignments ? [["This round", "hide-sm"]] : []), ["Rounds joined", "num hide-sm"],
     ["Accepted", "num"], ["Refused", "num"], ["Platform", "hide-sm"], ["Enrolled", "hide-sm"]];
   return h("section", { class: "panel" }, h("h2", {}, "Devices ", h("span", { class: "muted" }, `(${fmt.int(devices.length)})`)),
     h("div", { class: "scroll" }, h("table", { class: "data devices" },
@@ -345,7 +345,7 @@ function devicesTable(devices, assignments = null) {
           title: now - d.last_seen_at <= ONLINE_S ? "online" : "offline" }), d.name,
         h("div", { class: "muted small mono" }, `${fmt.shortId(d.id)} · ${d.status}`)),
         h("td", {}, ago(d.last_seen_at)),
-        assignments ? h("td", {}, inRound.has(d.id) ? badge(inRound.get(d.id)) : h("span", { class: "muted" }, "—")) : null,
+        assignments ? h("td", { class: "hide-sm" }, inRound.has(d.id) ? badge(inRound.get(d.id)) : h("span", { class: "muted" }, "—")) : null,
         h("td", { class: "num hide-sm" }, fmt.int(d.rounds_joined)),
         h("td", { class: "num" }, fmt.int(d.updates_accepted)),
         h("td", { class: "num" }, fmt.int(d.updates_refused),
