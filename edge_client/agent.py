@@ -282,6 +282,7 @@ class EdgeAgent:
     ) -> tuple[PendingUpdate, bytes]:
         trainer = self._trainer(model, assignment.lora)
         cfg = _train_config(assignment)
+        self._beat("training")
         steps = assignment.training.local_steps
         self.progress.line(f"{label} train: {steps} local steps on {len(result.pairs)} pairs")
 
@@ -314,6 +315,7 @@ class EdgeAgent:
 
     def _upload(self, update: PendingUpdate, blob: bytes, label: str) -> Receipt | None:
         self.progress.line(f"{label} upload: {human_bytes(update.size_bytes)}, key {update.idempotency_key[:12]}")
+        self._beat("uploading")
         try:
             receipt = self.client.upload_update(
                 update,
@@ -350,6 +352,13 @@ class EdgeAgent:
             self.client.report_metrics(assignment, metrics, counts)
         finally:
             self.state.finish(assignment.assignment_id)
+
+    def _beat(self, status: str) -> None:
+        """Tell the coordinator what the device is doing; a failed heartbeat does not stop the task."""
+        try:
+            self.client.heartbeat(status)
+        except (UnavailableError, RateLimitedError) as exc:
+            log.info("heartbeat %r failed: %s", status, exc.message)
 
     # -- checks ----------------------------------------------------------------------------------------
 
