@@ -81,8 +81,14 @@ def write_bundle(
     return write_manifest(out_dir, manifest)
 
 
-def tiny_bert_classifier(tokenizer_json: str | Path, *, layers: int = 2, hidden: int = 32, seed: int = 0):
-    """A random BERT classifier (2 labels) sized for tests, whose vocabulary fits `tokenizer_json`."""
+def tiny_bert_classifier(
+    tokenizer_json: str | Path, *, layers: int = 2, hidden: int = 32, seed: int = 0, init_std: float = 0.3
+):
+    """A random BERT classifier (2 labels) sized for tests, whose vocabulary fits `tokenizer_json`.
+
+    `init_std` is larger than BERT's 0.02 so that random weights give scores that differ between inputs (a
+    parity test needs decisions on both sides of the threshold).
+    """
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -95,6 +101,7 @@ def tiny_bert_classifier(tokenizer_json: str | Path, *, layers: int = 2, hidden:
         intermediate_size=hidden * 2,
         max_position_embeddings=MAX_LENGTH,
         num_labels=2,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     return BertForSequenceClassification(config).eval()

@@ -1,0 +1,177 @@
+"""`feddetox guardian build`: teacher -> data -> student -> calibrate -> export -> evaluate, with progress.
+
+    build_guardian(BuildConfig(out_dir=Path("guardian")))
+
+Steps, each printed as it runs:
+1. data: the labelled conversations from the public sets (`export.guardian_data`), split by prompt;
+2. teacher: the offline default (SmolLM2-135M-Instruct + LoRA + head, trained once and cached) or one given by
+   `--teacher` (llama-guard:ID, hf:ID, a comma-separated list for an ensemble);
+3. the teacher scores the transfer corpus (train), validation and test;
+4. the student (all-MiniLM-L6-v2 + head) is distilled from the teacher's soft labels; the hard-label
+   ablation is the same student trained on gold labels only;
+5. thresholds for the teacher and the students are calibrated on validation benign data to the target FPR;
+6. the student is exported (int8 .pte, int8 .onnx) into a bundle;
+7. everything is evaluated on the held-out test sets; the quality table goes to the bundle's manifest (the
+   .pte's rows) and, with all models' scores, to the work folder `<out_dir>.work/` for `guardian eval` and the
+   benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.bundle import minilm_tokenizer_json, write_bundle
+from export.calibration import agreement, threshold_for_fpr
+from export.distill import student_scores, train_student
+from export.evaluate import format_table, quality_rows, test_pool
+from export.guardian_data import build_guardian_data, describe
+from feddetox.data.records import Conversation
+from feddetox.errors import ConfigError
+from feddetox.guardian.manifest import write_manifest
+from feddetox.guardian.runtime import load_guardian
+from feddetox.guardian.text import MAX_LENGTH, load_tokenizer
+
+STUDENT = "minilm-l6"
+
+
+@dataclass
+class BuildConfig:
+    out_dir: Path
+    teacher: str = "smolguard"
+    teacher_steps: int = 150
+    teacher_batch: int = 16
+    student_steps: int = 300
+    student_batch: int = 32
+    student_lr: float = 8e-5
+    temperature: float = 2.0
+    alpha: float = 0.8
+    target_fpr: float = 0.05
+    data_scale: float = 1.0
+    seed: int = 0
+    onnx: bool = True
+    hard_label_ablation: bool = True
+    threads: int = 2
+
+
+def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progress: Callable[[str], None]):
+    """A teacher from its spec: "smolguard", "llama-guard:ID", "hf:ID", or several joined by commas."""
+    from export import teachers as T
+
+    parts = [s.strip() for s in spec.split(",") if s.strip()]
+    if len(parts) > 1:
+        return T.EnsembleTeacher([make_teacher(p, train, cfg, progress) for p in parts])
+    kind, _, ident = spec.partition(":")
+    if kind == "smolguard":
+        return T.SmolGuardTeacher.load_or_train(
+            train, progress=progress, steps=cfg.teacher_steps, batch_size=cfg.teacher_batch, seed=cfg.seed
+        )
+    if kind == "llama-guard" and ident:
+        return T.LlamaGuardTeacher(ident)
+    if kind == "hf" and ident:
+        return T.SequenceClassifierTeacher(ident)
+    raise ConfigError(f"--teacher {spec!r}: expected smolguard, llama-guard:ID, hf:ID or a comma-separated list")
+
+
+def _timed(progress: Callable[[str], None], what: str, fn, *args, **kwargs):
+    start = time.time()
+    progress(f"{what} ...")
+    result = fn(*args, **kwargs)
+    progress(f"{what}: {time.time() - start:.0f} s")
+    return result
+
+
+def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) -> Path:
+    """Build a guardian bundle at `cfg.out_dir`; the work files go to `<out_dir>.work/`. Returns the bundle."""
+    from feddetox.models.loading import load_encoder, resolve
+
+    torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out_dir)
+    work = out_dir.with_name(out_dir.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    data = _timed(progress, "[1/7] data", build_guardian_data, seed=cfg.seed, scale=cfg.data_scale)
+    progress(describe(data))
+    train, val = data["train"], data["val"]
+    pool = test_pool(data["test"])
+
+    teacher = _timed(progress, "[2/7] teacher", make_teacher, cfg.teacher, train, cfg, progress)
+    progress(f"teacher: {teacher.teacher_id}")
+    tp = {}
+    for name, items in (("train", train), ("val", val), ("test", pool)):
+        tp[name] = _timed(progress, f"[3/7] teacher scores {name} ({len(items)})", teacher.score, items, batch_size=16)
+
+    tokenizer = load_tokenizer(minilm_tokenizer_json(), max_length=MAX_LENGTH)
+    torch.manual_seed(cfg.seed)
+    student, _ = load_encoder(STUDENT, num_labels=2)
+    kw = dict(
+        steps=cfg.student_steps, batch_size=cfg.student_batch, lr=cfg.student_lr, seed=cfg.seed, progress=progress
+    )
+    _timed(
+        progress, "[4/7] distil the student", train_student, student, tokenizer, train, tp["train"],
+        temperature=cfg.temperature, alpha=cfg.alpha, **kw,
+    )  # fmt: skip
+    student.save_pretrained(work / "student-kd")
+    scores = {"teacher": tp["test"]}
+    val_scores = {"teacher": tp["val"]}
+    scores["student eager (KD)"] = student_scores(student, tokenizer, pool)
+    val_scores["student eager (KD)"] = student_scores(student, tokenizer, val)
+    if cfg.hard_label_ablation:
+        torch.manual_seed(cfg.seed)
+        hard, _ = load_encoder(STUDENT, num_labels=2)
+        _timed(progress, "[4/7] hard-label student", train_student, hard, tokenizer, train, None, **kw)
+        hard.save_pretrained(work / "student-hard")
+        scores["student eager (hard labels)"] = student_scores(hard, tokenizer, pool)
+        val_scores["student eager (hard labels)"] = student_scores(hard, tokenizer, val)
+        del hard
+
+    benign_val = np.array([c.label == 0 for c in val])
+    thresholds = {m: threshold_for_fpr(s[benign_val], cfg.target_fpr) for m, s in val_scores.items()}
+    progress("[5/7] thresholds at val benign FPR <= " + f"{cfg.target_fpr}: " + json.dumps(thresholds))
+
+    threshold = thresholds["student eager (KD)"]
+    _timed(
+        progress, "[6/7] export the bundle (.pte int8, .onnx int8)", write_bundle, out_dir, student,
+        minilm_tokenizer_json(), threshold=threshold, teacher_id=teacher.teacher_id,
+        student_id=f"{STUDENT}:{resolve(STUDENT).rsplit('/', 1)[-1]}", onnx=cfg.onnx,
+    )  # fmt: skip
+
+    guardian = load_guardian(out_dir)
+    scores["student .pte int8"] = _timed(progress, "[7/7] .pte scores", guardian.score, pool)
+    thresholds["student .pte int8"] = threshold
+    if cfg.onnx:
+        from export.onnx_export import OnnxStudent
+        from feddetox.guardian.runtime import softmax_unsafe
+        from feddetox.guardian.text import encode
+
+        onnx = OnnxStudent(out_dir / "student.onnx", num_threads=cfg.threads)
+        logits = np.concatenate([onnx.logits(encode(tokenizer, pool[s : s + 64])) for s in range(0, len(pool), 64)])
+        scores["student .onnx int8"] = softmax_unsafe(logits)
+        thresholds["student .onnx int8"] = threshold
+    rows = quality_rows(scores, pool, thresholds)
+    progress(format_table(rows))
+    pte_rows = [r for r in rows if r["model"] == "student .pte int8"]
+    metrics = {
+        "test": {r["test_set"]: {k: v for k, v in r.items() if k not in ("model", "test_set")} for r in pte_rows},
+        "agreement_with_teacher": agreement(scores["student .pte int8"], threshold, tp["test"], thresholds["teacher"]),
+        "agreement_pte_vs_eager": agreement(
+            scores["student .pte int8"], threshold, scores["student eager (KD)"], threshold
+        ),
+        "target_fpr": cfg.target_fpr,
+        "build": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    manifest = load_guardian(out_dir).manifest
+    write_manifest(out_dir, replace(manifest, metrics=metrics, bundle_id=""))
+    np.savez(work / "scores.npz", **{k.replace(" ", "_"): v for k, v in scores.items()})
+    (work / "eval.json").write_text(
+        json.dumps({"thresholds": thresholds, "rows": rows, "teacher_id": teacher.teacher_id, "models": list(scores)})
+    )
+    progress(f"built {out_dir} in {time.time() - t0:.0f} s; work files in {work}")
+    return out_dir

@@ -1,0 +1,123 @@
+"""Distillation: the student learns the teacher's soft labels (temperature-scaled KL), optionally mixed with
+cross-entropy on the gold labels; `alpha=0` with gold labels is the hard-label ablation.
+
+    loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, gold)
+
+with `t` the teacher's two-class logits [log(1 - p), log p] from its p_unsafe, `s` the student's logits.
+The T^2 factor keeps the soft term's gradient scale independent of T (Hinton et al., 2015).
+
+    student = train_student(model, tokenizer, train, teacher_p, steps=300)     # in place, returns model
+    p = student_scores(model, tokenizer, conversations)                       # eager p_unsafe
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from feddetox.data.records import Conversation
+from feddetox.guardian.runtime import softmax_unsafe
+from feddetox.guardian.text import encode
+
+
+def teacher_logits(p_unsafe: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Two-class logits [log(1 - p), log p] whose softmax gives back p; p is clipped to [eps, 1 - eps]."""
+    p = p_unsafe.clamp(eps, 1 - eps)
+    return torch.stack([torch.log1p(-p), torch.log(p)], dim=-1)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_p: torch.Tensor,
+    gold: torch.Tensor | None = None,
+    *,
+    temperature: float = 2.0,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Temperature-scaled KL to the teacher's soft labels, mixed with CE on gold labels; mean over the batch.
+
+    student_logits (B, 2), teacher_p (B,) in [0, 1], gold (B,) in {0, 1} (needed when alpha < 1).
+    """
+    loss = student_logits.new_zeros(())
+    if alpha > 0:
+        t = teacher_logits(teacher_p.to(student_logits.dtype)) / temperature
+        log_q = F.log_softmax(student_logits / temperature, dim=-1)
+        log_p = F.log_softmax(t, dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+        loss = loss + alpha * temperature**2 * kl
+    if alpha < 1:
+        if gold is None:
+            raise ValueError("kd_loss: gold labels are needed when alpha < 1")
+        loss = loss + (1 - alpha) * F.cross_entropy(student_logits, gold.long())
+    return loss
+
+
+def _forward(model, enc) -> torch.Tensor:
+    ids, mask, types = (torch.from_numpy(a) for a in enc.arrays())
+    return model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+
+
+def train_student(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    train: Sequence[Conversation],
+    teacher_p: np.ndarray | None,
+    *,
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 5e-5,
+    temperature: float = 2.0,
+    alpha: float = 0.8,
+    seed: int = 0,
+    bf16: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> torch.nn.Module:
+    """Fine-tune the student in place on `train`; `teacher_p=None` trains on gold labels only (hard labels)."""
+    torch.manual_seed(seed)
+    if teacher_p is None:
+        alpha = 0.0
+    gold_all = torch.tensor([int(c.label) for c in train])
+    soft_all = torch.zeros(len(train)) if teacher_p is None else torch.as_tensor(np.asarray(teacher_p, np.float32))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps))
+    order = np.random.default_rng(seed).permutation(len(train))
+    model.train()
+    start = time.time()
+    for step in range(steps):
+        idx = [int(order[(step * batch_size + i) % len(order)]) for i in range(batch_size)]
+        enc = encode(tokenizer, [train[i] for i in idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = _forward(model, enc).float()
+        loss = kd_loss(logits, soft_all[idx], gold_all[idx], temperature=temperature, alpha=alpha)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if progress is not None and (step % 20 == 0 or step == steps - 1):
+            progress(f"student step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f} s)")
+    return model.eval()
+
+
+@torch.no_grad()
+def student_logits(
+    model: torch.nn.Module, tokenizer: Tokenizer, conversations: Sequence[Conversation], *, batch_size: int = 64
+) -> np.ndarray:
+    """The eager student's (N, 2) logits in fp32, through the same encoding as the device."""
+    model.eval()
+    out = [
+        _forward(model, encode(tokenizer, conversations[s : s + batch_size])).float().numpy()
+        for s in range(0, len(conversations), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def student_scores(model, tokenizer: Tokenizer, conversations: Sequence[Conversation], **kw) -> np.ndarray:
+    """The eager student's p_unsafe."""
+    return softmax_unsafe(student_logits(model, tokenizer, conversations, **kw))

@@ -1,0 +1,134 @@
+"""`feddetox guardian build|eval|score`: build, evaluate and use the safety guardian.
+
+feddetox guardian build --out guardian/             # teacher -> data -> student -> calibrate -> export -> eval
+feddetox guardian eval guardian/                     # the quality table of the bundle (+ teacher, ablation)
+feddetox guardian score guardian/ "How do I ...?" --response "Sure, ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from feddetox.errors import FedDetoxError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feddetox guardian", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build a guardian bundle: distil, calibrate, export, evaluate")
+    build.add_argument("--out", type=Path, required=True, help="the bundle folder to write (replaced)")
+    build.add_argument(
+        "--teacher",
+        default="smolguard",
+        help="smolguard (default, built here), llama-guard:ID, hf:ID, or a,b for an ensemble",
+    )
+    build.add_argument("--teacher-steps", type=int, default=150)
+    build.add_argument("--student-steps", type=int, default=300)
+    build.add_argument("--student-batch", type=int, default=32)
+    build.add_argument("--temperature", type=float, default=2.0)
+    build.add_argument("--alpha", type=float, default=0.8, help="weight of the KD term; 1 - alpha goes to gold CE")
+    build.add_argument("--target-fpr", type=float, default=0.05, help="benign false-positive rate to calibrate to")
+    build.add_argument("--data-scale", type=float, default=1.0, help="scale every per-source cap (0.2 = quick)")
+    build.add_argument("--no-onnx", action="store_true", help="skip the .onnx")
+    build.add_argument("--no-ablation", action="store_true", help="skip the hard-label student")
+    build.add_argument("--threads", type=int, default=2)
+    build.add_argument("--seed", type=int, default=0)
+
+    ev = sub.add_parser("eval", help="print the quality table of a bundle")
+    ev.add_argument("bundle", type=Path)
+    ev.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    score = sub.add_parser("score", help="score texts: p_unsafe and the decision at the threshold")
+    score.add_argument("bundle", type=Path)
+    score.add_argument("text", nargs="+", help="prompts (or texts) to score")
+    score.add_argument("--response", default="", help="the response to each prompt (default: the prompt alone)")
+    score.add_argument("--threshold", type=float, default=None, help="override the bundle's threshold")
+    return parser
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from export.build import BuildConfig, build_guardian
+
+    cfg = BuildConfig(
+        out_dir=args.out,
+        teacher=args.teacher,
+        teacher_steps=args.teacher_steps,
+        student_steps=args.student_steps,
+        student_batch=args.student_batch,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        target_fpr=args.target_fpr,
+        data_scale=args.data_scale,
+        seed=args.seed,
+        onnx=not args.no_onnx,
+        hard_label_ablation=not args.no_ablation,
+        threads=args.threads,
+    )
+    build_guardian(cfg, progress=_progress)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from export.evaluate import format_table
+    from feddetox.guardian.manifest import verify_bundle
+
+    manifest = verify_bundle(args.bundle)
+    work = args.bundle.with_name(args.bundle.name + ".work") / "eval.json"
+    if work.is_file():
+        rows = json.loads(work.read_text())["rows"]
+    else:  # a bundle on its own: re-score its held-out test sets with the .pte
+        rows = _rescore(args.bundle)
+    if args.json:
+        print(json.dumps({"bundle_id": manifest.bundle_id, "threshold": manifest.threshold, "rows": rows}, indent=2))
+    else:
+        print(f"guardian {manifest.bundle_id}: teacher {manifest.teacher_id}, student {manifest.student_id}, "
+              f"threshold {manifest.threshold:.4f}")  # fmt: skip
+        print(format_table(rows))
+    return 0
+
+
+def _rescore(bundle: Path) -> list[dict]:
+    from export.evaluate import quality_rows, test_pool
+    from export.guardian_data import build_guardian_data
+    from feddetox.guardian import load_guardian
+
+    guardian = load_guardian(bundle)
+    build = guardian.manifest.metrics.get("build", {})
+    data = build_guardian_data(seed=int(build.get("seed", 0)), scale=float(build.get("data_scale", 1.0)))
+    pool = test_pool(data["test"])
+    model = "student .pte int8"
+    return quality_rows({model: guardian.score(pool)}, pool, {model: guardian.threshold})
+
+
+def _score(args: argparse.Namespace) -> int:
+    from feddetox.data.records import Conversation
+    from feddetox.guardian import load_guardian
+
+    guardian = load_guardian(args.bundle, threshold=args.threshold)
+    p = guardian.score([Conversation(t, args.response) for t in args.text])
+    for text, value in zip(args.text, p, strict=True):
+        verdict = "unsafe" if value >= guardian.threshold else "safe"
+        print(f"{value:.4f}  {verdict:6s}  {text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"build": _build, "eval": _eval, "score": _score}[args.command](args)
+    except FedDetoxError as exc:
+        print(f"feddetox guardian {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
