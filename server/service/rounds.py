@@ -23,6 +23,7 @@ from server import aggregation
 from server.db.models import AdapterVersion, Assignment, Device, Metric, Round, Run, Update
 from server.service.config import RunConfig
 from server.service.context import ROUNDS_FINISHED, ServiceContext, new_id, record
+from server.service.faults import PAUSE_BEFORE_AGGREGATE_COMMIT, pause_point
 from server.service.runs import config_of
 from server.service.updates import partial_name
 
@@ -191,6 +192,7 @@ def _aggregate(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfi
     rnd.status, rnd.closed_at, rnd.result_version, rnd.summary = "closed", now, version, summary
     run.global_version, run.rounds_closed, run.updated_at = version, run.rounds_closed + 1, now
     record(session, ctx, "round_closed", run_id=run.id, round_index=rnd.index, version=version, **summary)
+    pause_point(PAUSE_BEFORE_AGGREGATE_COMMIT, session)  # fault injection (off unless set): a kill here, before the commit
     ROUNDS_FINISHED.labels("closed").inc()
     return "round_closed"
 
