@@ -245,8 +245,11 @@ class MinimalCoordinator:
 class RecordingProxy:
     """A loopback TCP proxy: records every byte clients send upstream; `cut()` drops every connection."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, cut_after_received: int | None = None) -> None:
+        """`cut_after_received`: drop every connection once, after passing that many bytes to the clients."""
         self.upstream_port = upstream_port
+        self.cut_after_received = cut_after_received
+        self.received = 0
         self.sent = bytearray()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -277,6 +280,15 @@ class RecordingProxy:
                 if record:
                     with self._lock:
                         self.sent += data
+                elif self.cut_after_received is not None:
+                    with self._lock:
+                        left = self.cut_after_received - self.received
+                        self.received += len(data)
+                    if left <= len(data):  # pass the bytes up to the limit, then drop everything (once)
+                        target.sendall(data[: max(left, 0)])
+                        self.cut_after_received = None
+                        self.cut()
+                        return
                 target.sendall(data)
         except OSError:
             pass

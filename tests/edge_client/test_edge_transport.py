@@ -8,10 +8,10 @@ import socket
 
 import pytest
 from conftest import FAST
-from minimal_coordinator import CoordinatorState, MinimalCoordinator, Round
+from minimal_coordinator import CoordinatorState, MinimalCoordinator, RecordingProxy, Round
 
 from edge_client.state import Credential, PendingUpdate
-from edge_client.transport import CoordinatorClient
+from edge_client.transport import CoordinatorClient, RetryPolicy
 from feddetox.adapters import sha256_bytes
 from feddetox.errors import AuthError, ChecksumError, ConfigError, UnavailableError, UpdateRejected
 from feddetox.sanitize import SanitizeCounts
@@ -115,6 +115,25 @@ def test_broken_download_resumes_from_the_partial_file(coordinator, tmp_path):
     assert data == BLOB
     assert coordinator.state.download_offsets == [0, 8192, 16384]
     assert seen[-1] == len(BLOB)
+
+
+def test_download_resumes_after_the_connection_is_cut(coordinator, tmp_path):
+    """A TCP-level cut (the proxy drops every connection after 100 kB) rather than a server-side abort."""
+    blob = os.urandom(400_000)
+    coordinator.state.round = Round(adapter=blob)
+    coordinator.state.chunk_bytes = 16_000
+    proxy = RecordingProxy(coordinator.port, cut_after_received=100_000)
+    # small real waits: after a cut, gRPC needs a moment to open a new connection
+    retry = RetryPolicy(initial_s=0.05, multiplier=2.0, max_delay_s=1.0, max_attempts=12)
+    try:
+        with CoordinatorClient(proxy.address, retry=retry) as client:
+            client.enrol("token-a", device_name="pi-1")
+            assignment, _ = client.get_task()
+            assert client.download_adapter(assignment, tmp_path / "a.partial") == blob
+    finally:
+        proxy.close()
+    first, *resumed = coordinator.state.download_offsets
+    assert first == 0 and resumed and 0 < resumed[-1] < len(blob)
 
 
 def test_download_resumes_after_a_restart(coordinator, tmp_path):
