@@ -118,8 +118,12 @@ def page_factory(chromium, coordinator):
             context.add_init_script(f"sessionStorage.setItem('feddetox.adminKey', {admin_key!r})")
         contexts.append(context)
         page = context.new_page()
-        page.errors = []
+        page.errors = []  # uncaught exceptions, and anything the page's Content-Security-Policy blocked
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda m: m.type == "error" and "Content Security Policy" in m.text and page.errors.append(m.text),
+        )
         return page
 
     yield make

@@ -65,7 +65,13 @@ class Fleet:
             device.close()
         self.admin.close()
 
+    def heartbeat(self) -> None:
+        """Every device says it is alive, so that a round can select any of them (selection wants recent devices)."""
+        for device in self.devices:
+            device.heartbeat()
+
     def start_run(self, **overrides) -> str:
+        self.heartbeat()
         return create_run(self.admin, make_adapter(0), **overrides)
 
     def round(self, run_id: str, index: int) -> dict:
@@ -126,7 +132,8 @@ class Fleet:
         return device_id
 
     def play(self, run_id: str, index: int) -> dict:
-        """Round `index`: every device reports; returns the closed round."""
+        """Round `index`: every selected device reports; returns the closed round."""
+        self.heartbeat()
         self.wait_round(run_id, index, "collecting")
         self.report(run_id, index)
         return self.wait_round(run_id, index, "closed")

@@ -318,7 +318,7 @@ function timeline({ rounds, metrics, run }) {
   });
   return h("section", { class: "panel" }, h("h2", {}, "Rounds"), strip,
     rounds.length ? h("div", { class: "scroll" }, h("table", { class: "data rounds" },
-      h("thead", {}, h("tr", {}, ...[["Round"], ["Status"], ["Devices reported"], ["Opened", "hide-sm"], ["Deadline / duration"],
+      h("thead", {}, h("tr", {}, ...[["Round"], ["Status"], ["Reported"], ["Opened", "hide-sm"], ["Deadline or duration"],
         ["Updates · examples", "hide-sm"], ["Flagged · replaced", "hide-sm"], ["Adapter", "hide-sm"]].map(([t, c]) =>
         h("th", { scope: "col", class: c || null }, t)))),
       h("tbody", {}, ...rows))) : h("p", { class: "empty" }, "No round yet."));
