@@ -19,6 +19,7 @@ Steps, each printed as it runs:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -57,7 +58,8 @@ class BuildConfig:
     seed: int = 0
     onnx: bool = True
     hard_label_ablation: bool = True
-    threads: int = 2
+    threads: int = 1
+    teacher_max_length: int = 96
 
 
 def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progress: Callable[[str], None]):
@@ -70,7 +72,12 @@ def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progres
     kind, _, ident = spec.partition(":")
     if kind == "smolguard":
         return T.SmolGuardTeacher.load_or_train(
-            train, progress=progress, steps=cfg.teacher_steps, batch_size=cfg.teacher_batch, seed=cfg.seed
+            train,
+            progress=progress,
+            steps=cfg.teacher_steps,
+            batch_size=cfg.teacher_batch,
+            seed=cfg.seed,
+            max_length=cfg.teacher_max_length,
         )
     if kind == "llama-guard" and ident:
         return T.LlamaGuardTeacher(ident)
@@ -87,9 +94,19 @@ def _timed(progress: Callable[[str], None], what: str, fn, *args, **kwargs):
     return result
 
 
+def _student(saved: Path, name: str, seed: int):
+    """The saved student when a previous run left one, else a fresh one with a seeded head."""
+    from feddetox.models.loading import load_encoder
+
+    torch.manual_seed(seed)
+    if (saved / "config.json").is_file():
+        return load_encoder(saved, num_labels=2)[0]
+    return load_encoder(name, num_labels=2)[0]
+
+
 def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) -> Path:
     """Build a guardian bundle at `cfg.out_dir`; the work files go to `<out_dir>.work/`. Returns the bundle."""
-    from feddetox.models.loading import load_encoder, resolve
+    from feddetox.models.loading import resolve
 
     torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir)
@@ -104,30 +121,46 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
 
     teacher = _timed(progress, "[2/7] teacher", make_teacher, cfg.teacher, train, cfg, progress)
     progress(f"teacher: {teacher.teacher_id}")
-    tp = {}
-    for name, items in (("train", train), ("val", val), ("test", pool)):
-        tp[name] = _timed(progress, f"[3/7] teacher scores {name} ({len(items)})", teacher.score, items, batch_size=16)
+    # stages are resumable: a rerun with the same settings reuses the teacher's scores and the students
+    stamp = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "onnx", "threads")}, default=str)
+    stamp += teacher.teacher_id
+    if (work / "stamp.txt").is_file() and (work / "stamp.txt").read_text() != stamp:
+        for stale in ("teacher_scores.npz", "student-kd", "student-hard"):
+            shutil.rmtree(work / stale, ignore_errors=True) if (work / stale).is_dir() else (work / stale).unlink(
+                missing_ok=True
+            )
+    (work / "stamp.txt").write_text(stamp)
+    if (work / "teacher_scores.npz").is_file():
+        tp = dict(np.load(work / "teacher_scores.npz"))
+        progress("[3/7] teacher scores: reused from the work folder")
+    else:
+        tp = {}
+        for name, items in (("train", train), ("val", val), ("test", pool)):
+            tp[name] = _timed(progress, f"[3/7] teacher scores {name} ({len(items)})", teacher.score, items)
+        np.savez(work / "teacher_scores.npz", **tp)
+    teacher_id = teacher.teacher_id
+    del teacher  # free its memory before the students train
 
     tokenizer = load_tokenizer(minilm_tokenizer_json(), max_length=MAX_LENGTH)
-    torch.manual_seed(cfg.seed)
-    student, _ = load_encoder(STUDENT, num_labels=2)
     kw = dict(
         steps=cfg.student_steps, batch_size=cfg.student_batch, lr=cfg.student_lr, seed=cfg.seed, progress=progress
     )
-    _timed(
-        progress, "[4/7] distil the student", train_student, student, tokenizer, train, tp["train"],
-        temperature=cfg.temperature, alpha=cfg.alpha, **kw,
-    )  # fmt: skip
-    student.save_pretrained(work / "student-kd")
+    student = _student(work / "student-kd", STUDENT, cfg.seed)
+    if not (work / "student-kd" / "config.json").is_file():
+        _timed(
+            progress, "[4/7] distil the student", train_student, student, tokenizer, train, tp["train"],
+            temperature=cfg.temperature, alpha=cfg.alpha, **kw,
+        )  # fmt: skip
+        student.save_pretrained(work / "student-kd")
     scores = {"teacher": tp["test"]}
     val_scores = {"teacher": tp["val"]}
     scores["student eager (KD)"] = student_scores(student, tokenizer, pool)
     val_scores["student eager (KD)"] = student_scores(student, tokenizer, val)
     if cfg.hard_label_ablation:
-        torch.manual_seed(cfg.seed)
-        hard, _ = load_encoder(STUDENT, num_labels=2)
-        _timed(progress, "[4/7] hard-label student", train_student, hard, tokenizer, train, None, **kw)
-        hard.save_pretrained(work / "student-hard")
+        hard = _student(work / "student-hard", STUDENT, cfg.seed)
+        if not (work / "student-hard" / "config.json").is_file():
+            _timed(progress, "[4/7] hard-label student", train_student, hard, tokenizer, train, None, **kw)
+            hard.save_pretrained(work / "student-hard")
         scores["student eager (hard labels)"] = student_scores(hard, tokenizer, pool)
         val_scores["student eager (hard labels)"] = student_scores(hard, tokenizer, val)
         del hard
@@ -139,7 +172,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     threshold = thresholds["student eager (KD)"]
     _timed(
         progress, "[6/7] export the bundle (.pte int8, .onnx int8)", write_bundle, out_dir, student,
-        minilm_tokenizer_json(), threshold=threshold, teacher_id=teacher.teacher_id,
+        minilm_tokenizer_json(), threshold=threshold, teacher_id=teacher_id,
         student_id=f"{STUDENT}:{resolve(STUDENT).rsplit('/', 1)[-1]}", onnx=cfg.onnx,
     )  # fmt: skip
 
@@ -171,7 +204,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     write_manifest(out_dir, replace(manifest, metrics=metrics, bundle_id=""))
     np.savez(work / "scores.npz", **{k.replace(" ", "_"): v for k, v in scores.items()})
     (work / "eval.json").write_text(
-        json.dumps({"thresholds": thresholds, "rows": rows, "teacher_id": teacher.teacher_id, "models": list(scores)})
+        json.dumps({"thresholds": thresholds, "rows": rows, "teacher_id": teacher_id, "models": list(scores)})
     )
     progress(f"built {out_dir} in {time.time() - t0:.0f} s; work files in {work}")
     return out_dir

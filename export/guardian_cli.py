@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         help="smolguard (default, built here), llama-guard:ID, hf:ID, or a,b for an ensemble",
     )
     build.add_argument("--teacher-steps", type=int, default=150)
+    build.add_argument("--teacher-batch", type=int, default=16)
     build.add_argument("--student-steps", type=int, default=300)
     build.add_argument("--student-batch", type=int, default=32)
     build.add_argument("--temperature", type=float, default=2.0)
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--data-scale", type=float, default=1.0, help="scale every per-source cap (0.2 = quick)")
     build.add_argument("--no-onnx", action="store_true", help="skip the .onnx")
     build.add_argument("--no-ablation", action="store_true", help="skip the hard-label student")
-    build.add_argument("--threads", type=int, default=2)
+    build.add_argument("--threads", type=int, default=1, help="torch threads (1 is best on a shared machine)")
     build.add_argument("--seed", type=int, default=0)
 
     ev = sub.add_parser("eval", help="print the quality table of a bundle")
@@ -62,6 +63,7 @@ def _build(args: argparse.Namespace) -> int:
         out_dir=args.out,
         teacher=args.teacher,
         teacher_steps=args.teacher_steps,
+        teacher_batch=args.teacher_batch,
         student_steps=args.student_steps,
         student_batch=args.student_batch,
         temperature=args.temperature,

@@ -222,10 +222,15 @@ def train_smolguard(
     lr: float = 3e-4,
     max_length: int = 96,
     lora_r: int = 16,
+    top_layers: int = 8,
     seed: int = 0,
     progress=None,
 ) -> Path:
-    """Fine-tune SmolLM2 + LoRA (all attention projections) + a 2-label head on `train`; save the merged model."""
+    """Fine-tune SmolLM2 + LoRA + a 2-label head on `train`; save the merged model.
+
+    LoRA sits on the attention projections of the top `top_layers` layers only: the backward pass then stops
+    there, which makes a step about twice as cheap on a CPU as LoRA on every layer.
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
@@ -236,6 +241,7 @@ def train_smolguard(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"  # keep the response (the part judged); cut the prompt's start
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -245,6 +251,7 @@ def train_smolguard(
         lora_alpha=2 * lora_r,
         lora_dropout=0.0,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        layers_to_transform=list(range(model.config.num_hidden_layers - top_layers, model.config.num_hidden_layers)),
     )
     model = get_peft_model(model, config)
     model.train()
@@ -285,8 +292,9 @@ def train_smolguard(
 class SmolGuardTeacher(SequenceClassifierTeacher):
     """The offline default teacher: SmolLM2-135M-Instruct fine-tuned (LoRA + head) on the shipped labels."""
 
-    def __init__(self, path: str | Path, *, key: str = "") -> None:
-        super().__init__(path, unsafe_index=1, max_length=128)
+    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 96) -> None:
+        super().__init__(path, unsafe_index=1, max_length=max_length)
+        self.tokenizer.truncation_side = "left"  # as in training: keep the response, cut the prompt's start
         self.teacher_id = f"{SMOLGUARD_VERSION}:{key}" if key else f"{SMOLGUARD_VERSION}:{Path(path).name}"
 
     @classmethod
@@ -302,4 +310,4 @@ class SmolGuardTeacher(SequenceClassifierTeacher):
             tmp.rename(path)
         elif progress is not None:
             progress(f"teacher: cached {path.name}")
-        return cls(path, key=key)
+        return cls(path, key=key, max_length=settings.get("max_length", 96))
