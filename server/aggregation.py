@@ -48,6 +48,12 @@ class FedAvgAccumulator:
         self._sum: dict[str, np.ndarray] | None = None
         self.total_weight = 0.0
         self.count = 0
+        self._scratch = np.empty(0, dtype=np.float64)
+
+    def _scratch_for(self, size: int) -> np.ndarray:
+        if self._scratch.size < size:
+            self._scratch = np.empty(size, dtype=np.float64)
+        return self._scratch[:size]
 
     def add(self, update: Mapping[str, np.ndarray], weight: float) -> None:
         if not (weight > 0 and np.isfinite(weight)):
@@ -57,7 +63,11 @@ class FedAvgAccumulator:
         elif sorted(update) != sorted(self._sum):
             raise ValueError("update has other keys than the first one")
         for key, value in update.items():
-            self._sum[key] += float(weight) * value.astype(np.float64)  # sum_i w_i * x_i
+            # sum_i w_i * x_i, without temporaries: w * x is cast to float64 into a scratch buffer the size of
+            # one tensor (it stays in the CPU cache), then added in place
+            scratch = self._scratch_for(value.size).reshape(value.shape)
+            np.multiply(value, float(weight), out=scratch, dtype=np.float64)
+            np.add(self._sum[key], scratch, out=self._sum[key])
         self.total_weight += float(weight)
         self.count += 1
 
