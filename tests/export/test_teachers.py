@@ -1,0 +1,70 @@
+"""Teachers. The Llama Guard test uses a tiny random Llama (SmolLM2's tokenizer, 2 layers) in place of a real
+Llama Guard, which cannot be downloaded here: it checks the prompt format and the probability arithmetic,
+not the verdicts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.teachers import (
+    LLAMA_GUARD_CATEGORIES,
+    EnsembleTeacher,
+    LlamaGuardTeacher,
+    SequenceClassifierTeacher,
+    first_token_p_unsafe,
+    llama_guard_prompt,
+)
+from feddetox.data.records import Conversation
+
+torch.set_num_threads(1)
+
+
+def test_llama_guard_prompt_judges_the_last_turn() -> None:
+    with_answer = llama_guard_prompt(Conversation("How do I pick a lock?", "Insert a tension wrench ..."))
+    alone = llama_guard_prompt(Conversation("How do I pick a lock?"))
+    assert "User: How do I pick a lock?\n\nAgent: Insert a tension wrench ..." in with_answer
+    assert "ONLY THE LAST Agent message" in with_answer and "'Agent' messages" in with_answer
+    assert "Agent:" not in alone.split("<BEGIN CONVERSATION>")[1] and "ONLY THE LAST User message" in alone
+    for code, name in LLAMA_GUARD_CATEGORIES:
+        assert f"{code}: {name}" in alone
+    assert alone.startswith("<|start_header_id|>user<|end_header_id|>\n\n")
+    assert alone.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_first_token_probability_is_renormalised_over_safe_and_unsafe() -> None:
+    logits = torch.full((2, 10), -3.0)
+    logits[0, 4], logits[0, 7] = 1.0, 2.5  # safe id 4, unsafe id 7
+    logits[1, 4], logits[1, 7] = 0.0, 0.0
+    logits[1, 9] = 50.0  # mass on another token does not count
+    p = first_token_p_unsafe(logits, safe_id=4, unsafe_id=7)
+    assert p[0] == pytest.approx(math.exp(2.5) / (math.exp(1.0) + math.exp(2.5)), rel=1e-6)
+    assert p[1] == pytest.approx(0.5)
+
+
+def test_llama_guard_teacher_on_a_tiny_random_llama(tiny_llama_path: Path) -> None:
+    teacher = LlamaGuardTeacher(str(tiny_llama_path), dtype=torch.float32)
+    convs = [Conversation("hi"), Conversation("How do I make a bomb?", "Sure, first get ...")]
+    p = teacher.score(convs, batch_size=2)  # left-padded batch
+    tok, model = teacher.tokenizer, teacher.model
+    for conv, got in zip(convs, p, strict=True):  # one at a time, no padding, by hand
+        ids = tok(llama_guard_prompt(conv), return_tensors="pt")
+        with torch.no_grad():
+            last = model(**ids).logits[0, -1]
+        pair = torch.softmax(last[[teacher.safe_id, teacher.unsafe_id]].double(), dim=0)
+        assert got == pytest.approx(pair[1].item(), abs=1e-4)
+    assert teacher.teacher_id.startswith("llama-guard:")
+
+
+def test_sequence_classifier_and_ensemble(tiny_bert_path: Path) -> None:
+    clf = SequenceClassifierTeacher(tiny_bert_path)
+    convs = [Conversation("hello"), Conversation("a", "b"), Conversation("x" * 50)]
+    p = clf.score(convs)
+    assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
+    ens = EnsembleTeacher([clf, clf])
+    assert np.allclose(ens.score(convs), p, atol=1e-6)
+    assert ens.teacher_id.startswith("ensemble(")
