@@ -121,7 +121,7 @@ function runsTable(runs) {
   }
   return h("section", { class: "panel" }, h("div", { class: "scroll" }, h("table", { class: "data runs" },
     h("thead", {}, h("tr", {}, ...["Run", "Status", "Rounds", "Policy", "Aggregation", "Adapter", "Updated"].map((t, i) =>
-      h("th", { scope: "col", class: i >= 3 && i <= 5 ? "hide-sm" : null }, t)))),
+      h("th", { scope: "col", class: [i === 2 || i === 5 ? "num" : "", i >= 3 && i <= 5 ? "hide-sm" : ""].join(" ").trim() || null }, t)))),
     h("tbody", {}, ...runs.map(runRow)))));
 }
 

@@ -13,7 +13,7 @@ export function niceTicks(lo, hi, count = 5) {
   const raw = (hi - lo) / Math.max(1, count - 1);
   const power = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
-  const start = Math.floor(lo / step) * step, end = Math.ceil(hi / step) * step;
+  const start = Math.floor(lo / step + 1e-9) * step, end = Math.ceil(hi / step - 1e-9) * step;
   const ticks = [];
   for (let v = start; v <= end + step / 2; v += step) ticks.push(Number(v.toFixed(10)));
   return ticks;
