@@ -46,7 +46,7 @@ class Goal:
         else:
             raise ValueError(f"Goal op must be '>=' or '<=', not {self.op!r}")
         value = None if self.value is None else round(float(self.value), 4)
-        return {"value": value, "target": self.target, "op": self.op, "met": bool(met)}
+        return {"value": value, "target": f"{self.op} {self.target:g}", "met": bool(met)}
 
 
 def cpu_model() -> str:
