@@ -8,6 +8,7 @@ with Coordinator(state_dir) as coord:
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import signal
@@ -114,6 +115,10 @@ class Coordinator:
 
     def metrics(self, run_id: str) -> Any:
         return self.request("GET", f"/runs/{run_id}/metrics")
+
+    def post_evaluation(self, run_id: str, round_index: int, metrics: dict[str, Any], *, note: str = "") -> None:
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        self.request("POST", f"/runs/{run_id}/rounds/{round_index}/evaluation", json={"metrics": numbers, "note": note})
 
     def adapter_bytes(self, run_id: str, version: int) -> bytes:
         return self.request("GET", f"/runs/{run_id}/adapters/{version}/adapter_model.safetensors").content

@@ -208,11 +208,18 @@ class Simulation:
                 for i, path in enumerate(data_files)
             ]
             try:
-                coord.wait_rounds(run_id, cfg.rounds, timeout_s=cfg.round_deadline_s * cfg.rounds, devices=devices)
+                # evaluate each round's global adapter as soon as it is published (the devices train the next
+                # round meanwhile), and record it on the coordinator so that its dashboard charts it
+                coord.post_evaluation(run_id, 0, self.evaluate("start", start), note=self.eval_cfg.name)
+                blobs = []
+                for r in range(1, cfg.rounds + 1):
+                    coord.wait_rounds(run_id, r, timeout_s=cfg.round_deadline_s * cfg.rounds, devices=devices)
+                    version = next(x["result_version"] for x in coord.rounds(run_id) if x["index"] == r)
+                    blobs.append(coord.adapter_bytes(run_id, version))
+                    metrics = self.evaluate(f"{condition}_round{r}", adapters.from_bytes(blobs[-1]))
+                    coord.post_evaluation(run_id, r, metrics, note=self.eval_cfg.name)
                 rounds = coord.rounds(run_id)
                 metrics = coord.metrics(run_id)
-                versions = [r["result_version"] for r in sorted(rounds, key=lambda r: r["index"])]
-                blobs = [coord.adapter_bytes(run_id, v) for v in versions]
             finally:
                 for device in devices:
                     device.stop()
