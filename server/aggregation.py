@@ -131,8 +131,13 @@ def delta(update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> T
 
 
 def delta_norm(update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> float:
-    """||update - base|| over all tensors as one vector."""
-    return l2_norm(delta(update, base))
+    """||update - base|| over all tensors as one vector (float64, one tensor's difference at a time)."""
+    total = 0.0
+    for key, value in update.items():
+        d = np.subtract(value, base[key], dtype=np.float64)
+        np.square(d, out=d)  # in place: no second temporary
+        total += float(d.sum())
+    return float(np.sqrt(total))
 
 
 def clip_update(
