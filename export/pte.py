@@ -26,10 +26,13 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
+#: the head stays fp32: 0.3 M parameters, no measurable cost, and it sits right before the decision
+FP32_MODULES = ("pooler.", "classifier")
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """In place: int8 per-row word embedding and int8 dynamic-activation linears (per output channel)."""
+    """In place: int8 per-row word embedding and int8 dynamic-activation linears (per output channel), except
+    the pooler and the classifier head, which stay fp32."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerAxis
 
@@ -43,7 +46,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     quantize_(
         model,
         Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
-        filter_fn=lambda m, fqn: isinstance(m, nn.Linear),
+        filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and not fqn.startswith(FP32_MODULES),
     )
     return model
 

@@ -83,3 +83,16 @@ def test_a_broken_or_foreign_manifest_is_refused(tiny_bundle: Path, tmp_path: Pa
         load_guardian(tiny_bundle)
     with pytest.raises(BundleError, match="not a folder"):
         load_guardian(tmp_path / "nowhere")
+
+
+def test_the_device_path_does_not_import_transformers(tiny_bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom feddetox.guardian import load_guardian\nfrom feddetox.data.records import Conversation\n"
+        f"load_guardian({str(tiny_bundle)!r}).score([Conversation('hi', 'hello')])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
