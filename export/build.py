@@ -94,6 +94,15 @@ def _timed(progress: Callable[[str], None], what: str, fn, *args, **kwargs):
     return result
 
 
+class _GoldLabels:
+    """The `--teacher none` stand-in: p_unsafe = the gold label."""
+
+    teacher_id = "none:gold-labels"
+
+    def score(self, conversations, *, batch_size: int = 8) -> np.ndarray:
+        return np.array([float(c.label) for c in conversations], dtype=np.float32)
+
+
 def _student(saved: Path, name: str, seed: int):
     """The saved student when a previous run left one, else a fresh one with a seeded head."""
     from feddetox.models.loading import load_encoder
@@ -119,7 +128,11 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     train, val = data["train"], data["val"]
     pool = test_pool(data["test"])
 
-    teacher = _timed(progress, "[2/7] teacher", make_teacher, cfg.teacher, train, cfg, progress)
+    if cfg.teacher == "none":  # no teacher: the gold labels stand in for its scores; only hard labels are trained
+        teacher = _GoldLabels()
+        cfg = replace(cfg, hard_label_ablation=False, alpha=0.0)
+    else:
+        teacher = _timed(progress, "[2/7] teacher", make_teacher, cfg.teacher, train, cfg, progress)
     progress(f"teacher: {teacher.teacher_id}")
     # stages are resumable: a rerun with the same settings reuses the teacher's scores and the students
     stamp = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "onnx", "threads")}, default=str)
@@ -152,10 +165,12 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
             temperature=cfg.temperature, alpha=cfg.alpha, **kw,
         )  # fmt: skip
         student.save_pretrained(work / "student-kd")
-    scores = {"teacher": tp["test"]}
-    val_scores = {"teacher": tp["val"]}
-    scores["student eager (KD)"] = student_scores(student, tokenizer, pool)
-    val_scores["student eager (KD)"] = student_scores(student, tokenizer, val)
+    kd_name = "student eager (KD)" if cfg.teacher != "none" else "student eager (hard labels)"
+    scores, val_scores = {}, {}
+    if cfg.teacher != "none":
+        scores["teacher"], val_scores["teacher"] = tp["test"], tp["val"]
+    scores[kd_name] = student_scores(student, tokenizer, pool)
+    val_scores[kd_name] = student_scores(student, tokenizer, val)
     if cfg.hard_label_ablation:
         hard = _student(work / "student-hard", STUDENT, cfg.seed)
         if not (work / "student-hard" / "config.json").is_file():
@@ -169,7 +184,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     thresholds = {m: threshold_for_fpr(s[benign_val], cfg.target_fpr) for m, s in val_scores.items()}
     progress("[5/7] thresholds at val benign FPR <= " + f"{cfg.target_fpr}: " + json.dumps(thresholds))
 
-    threshold = thresholds["student eager (KD)"]
+    threshold = thresholds[kd_name]
     _timed(
         progress, "[6/7] export the bundle (.pte int8, .onnx int8)", write_bundle, out_dir, student,
         minilm_tokenizer_json(), threshold=threshold, teacher_id=teacher_id,
@@ -193,10 +208,10 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     pte_rows = [r for r in rows if r["model"] == "student .pte int8"]
     metrics = {
         "test": {r["test_set"]: {k: v for k, v in r.items() if k not in ("model", "test_set")} for r in pte_rows},
-        "agreement_with_teacher": agreement(scores["student .pte int8"], threshold, tp["test"], thresholds["teacher"]),
-        "agreement_pte_vs_eager": agreement(
-            scores["student .pte int8"], threshold, scores["student eager (KD)"], threshold
-        ),
+        "agreement_with_teacher": agreement(scores["student .pte int8"], threshold, tp["test"], thresholds["teacher"])
+        if "teacher" in thresholds
+        else None,
+        "agreement_pte_vs_eager": agreement(scores["student .pte int8"], threshold, scores[kd_name], threshold),
         "target_fpr": cfg.target_fpr,
         "build": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--teacher",
         default="smolguard",
-        help="smolguard (default, built here), llama-guard:ID, hf:ID, or a,b for an ensemble",
+        help="smolguard (default, built here), llama-guard:ID, hf:ID, a,b for an ensemble, or none (gold labels only)",
     )
     build.add_argument("--teacher-steps", type=int, default=150)
     build.add_argument("--teacher-batch", type=int, default=16)
