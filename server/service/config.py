@@ -17,6 +17,9 @@ from feddetox.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: a registry name or a hub id `org/name`: printable, no traversal (devices resolve it to a local folder)
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+GUARDIAN_ID_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")
 
 
 class _Strict(BaseModel):
@@ -82,6 +85,20 @@ class RunConfigModel(_Strict):
             raise ValueError(
                 "1-128 characters of letters, digits, space, '.', '_', '-', starting with a letter or digit"
             )
+        return value
+
+    @field_validator("base_model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not MODEL_RE.match(value):
+            raise ValueError("a model name or hub id `org/name` (letters, digits, '.', '_', '-'), not a path")
+        return value
+
+    @field_validator("guardian_id")
+    @classmethod
+    def _guardian(cls, value: str) -> str:
+        if not GUARDIAN_ID_RE.match(value):
+            raise ValueError("a guardian bundle id: letters, digits, '.', '_', '-', starting with a letter or digit")
         return value
 
     @field_validator("base_model_sha256")
