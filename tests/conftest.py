@@ -3,6 +3,8 @@
 - `shipped_tokenizers`: the two shipped models pulled once into the cache (FEDDETOX_HOME as set by the
   environment, default ~/.cache/feddetox, so later runs reuse it): {registry name: cached folder}.
 - `tiny_llama_path`, `tiny_bert_path`: tiny random models with those tokenizers, built once per session.
+- `tiny_guardian_bundle`: a guardian bundle (.pte) of the tiny BERT through the real export path, built once
+  (the XNNPACK lowering is slow, so the export code also caches it by content under FEDDETOX_HOME).
 
 Tests run one thread per library and never reach a model hub.
 """
@@ -48,3 +50,11 @@ def tiny_bert_path(shipped_tokenizers: dict[str, Path], tmp_path_factory: pytest
     from feddetox.models.tiny import tiny_bert
 
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_guardian_bundle(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete guardian bundle of `tiny_bert_path` (random weights: it scores, it does not know safety)."""
+    from export.bundle import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny-guardian"), tiny_bert_path)

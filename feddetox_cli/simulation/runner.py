@@ -12,6 +12,7 @@ Steps, each cached in the output folder so that an interrupted run resumes where
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -173,7 +174,7 @@ class Simulation:
             data_files.append(path)
         run_config = {
             "name": f"{cfg.name}-{condition}",
-            "base_model": cfg.base_model,
+            "base_model": _model_id(cfg.base_model),
             "base_model_sha256": self.base_sha,
             "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
                      "target_modules": list(cfg.lora.target_modules)},
@@ -292,6 +293,16 @@ def replace_seed(cfg: Any, seed: int) -> Any:
 
 def _config_json(cfg: SimulationConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _model_id(name_or_path: str) -> str:
+    """What the coordinator calls the base model: a registry name or hub id as it is, a local folder by its name.
+
+    Devices get the weights themselves (`--model`); the run's base_model_sha256 makes sure they hold the same.
+    """
+    if "/" in name_or_path and Path(name_or_path).expanduser().exists():
+        return re.sub(r"[^A-Za-z0-9._-]", "-", Path(name_or_path).name) or "local-model"
+    return name_or_path
 
 
 def _ensure_model(name: str) -> str:

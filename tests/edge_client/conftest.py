@@ -126,11 +126,9 @@ UNSAFE = [
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_bert_path, tmp_path_factory) -> Path:
-    """A guardian bundle (.pte) of the tiny random BERT, built by the export toolchain."""
-    from export.bundle import build_tiny_bundle
-
-    return build_tiny_bundle(tmp_path_factory.mktemp("guardian"), tiny_bert_path)
+def tiny_bundle(tiny_guardian_bundle: Path) -> Path:
+    """A guardian bundle (.pte) of the tiny random BERT, built by the export toolchain (tests/conftest.py)."""
+    return tiny_guardian_bundle
 
 
 @pytest.fixture(scope="session")

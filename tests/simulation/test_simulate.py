@@ -17,14 +17,7 @@ from feddetox_cli.simulation.report import COLUMNS, markdown_table
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.bundle import build_tiny_bundle
-
-    return build_tiny_bundle(tmp_path_factory.mktemp("guardian"), tiny_bert_path)
-
-
-def test_every_condition_produces_its_rows(tiny_llama_path: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+def test_every_condition_produces_its_rows(tiny_llama_path: Path, tiny_guardian_bundle: Path, tmp_path: Path) -> None:
     from feddetox_cli import simulate
 
     config = tmp_path / "sim.toml"
@@ -32,7 +25,7 @@ def test_every_condition_produces_its_rows(tiny_llama_path: Path, tiny_bundle: P
         f"""
 name = "ci"
 base_model = "{tiny_llama_path}"
-guardian = "{tiny_bundle}"
+guardian = "{tiny_guardian_bundle}"
 rounds = 1
 conditions = {json.dumps(list(CONDITIONS))}
 compliant_max_new_tokens = 8
