@@ -117,7 +117,10 @@ def set_start_adapter(ctx: ServiceContext, run_id: str, data: bytes) -> AdapterR
     if len(data) > ctx.settings.max_update_bytes:
         raise TooLargeError(f"adapter of {len(data)} bytes is over the limit of {ctx.settings.max_update_bytes} bytes")
     with ctx.db.read() as session:
-        cfg = config_of(_get(session, ctx, run_id))
+        run = _get(session, ctx, run_id)
+        if run.status != "created":  # checked before the blob is written, so a refused call stores nothing
+            raise ConflictError(f"run {run_id} is {run.status}: its starting adapter can be set only before start")
+        cfg = config_of(run)
     spec = check_start_adapter(from_bytes(data, where=f"starting adapter of run {run_id}"), cfg)
     sha = ctx.blobs.put(data)
     with ctx.db.write() as session:
