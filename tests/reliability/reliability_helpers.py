@@ -121,7 +121,10 @@ class Stored:
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
-            return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+            counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+            used = "SELECT count(*) FROM enrolment_tokens WHERE used_at IS NOT NULL"
+            counts["enrolment_tokens_used"] = conn.execute(sa.text(used)).scalar_one()
+            return counts
 
     def blobs(self) -> set[str]:
         """Every file under the blob folder (content, partial sums, temporary files)."""
