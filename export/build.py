@@ -86,11 +86,11 @@ def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progres
     raise ConfigError(f"--teacher {spec!r}: expected smolguard, llama-guard:ID, hf:ID or a comma-separated list")
 
 
-def _timed(progress: Callable[[str], None], what: str, fn, *args, **kwargs):
+def _timed(report: Callable[[str], None], what: str, fn, /, *args, **kwargs):
     start = time.time()
-    progress(f"{what} ...")
+    report(f"{what} ...")
     result = fn(*args, **kwargs)
-    progress(f"{what}: {time.time() - start:.0f} s")
+    report(f"{what}: {time.time() - start:.0f} s")
     return result
 
 
