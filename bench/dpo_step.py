@@ -10,7 +10,8 @@ UltraFeedback train pairs) for every variant, each in a fresh process:
 - `ours`: `LoraDpoTrainer` with its knobs: frozen base stored in bf16 (multiplied in bf16 where the CPU has
   bf16 units, else widened to fp32 inside each matmul), gradient checkpointing, LM head over answer positions
   only, 128 at a time;
-- `ours_no_knobs`: the same step in plain fp32, no checkpointing, LM head over all answer positions at once;
+- `ours_no_knobs`: the same step in plain fp32, no checkpointing, LM head over all answer positions at once,
+  malloc left as it is;
 - `--knobs` adds one variant per knob turned off alone (and bf16 arithmetic where the CPU lacks bf16 units);
 - `trl_default`: TRL's `DPOTrainer` with its default `DPOConfig` (bf16 autocast, gradient checkpointing;
   `use_cpu=True` because TRL refuses bf16 without it on a CPU). It runs under a time limit: where it finishes
@@ -55,13 +56,25 @@ RANK, ALPHA = 16, 32.0
 BATCH, MAX_PROMPT, MAX_ANSWER = 2, 128, 128
 LEARNING_RATE, BETA = 5e-4, 0.1
 
-OURS_KNOBS = {"bf16_base": True, "gradient_checkpointing": True, "lm_head_chunk": 128, "compute_dtype": "auto"}
+OURS_KNOBS = {
+    "bf16_base": True,
+    "gradient_checkpointing": True,
+    "lm_head_chunk": 128,
+    "compute_dtype": "auto",
+    "malloc_mmap_threshold_kib": 128,
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "ours": {"kind": "ours", "dtype": "bfloat16", "cfg": OURS_KNOBS},
     "ours_no_knobs": {
         "kind": "ours",
         "dtype": "float32",
-        "cfg": {"bf16_base": False, "gradient_checkpointing": False, "lm_head_chunk": 0, "compute_dtype": "float32"},
+        "cfg": {
+            "bf16_base": False,
+            "gradient_checkpointing": False,
+            "lm_head_chunk": 0,
+            "compute_dtype": "float32",
+            "malloc_mmap_threshold_kib": 0,
+        },
     },
     "ours_fp32_base": {"kind": "ours", "dtype": "float32", "cfg": {**OURS_KNOBS, "bf16_base": False}},
     "ours_no_checkpointing": {
@@ -70,11 +83,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "cfg": {**OURS_KNOBS, "gradient_checkpointing": False},
     },
     "ours_lm_head_at_once": {"kind": "ours", "dtype": "bfloat16", "cfg": {**OURS_KNOBS, "lm_head_chunk": 0}},
+    "ours_default_malloc": {"kind": "ours", "dtype": "bfloat16", "cfg": {**OURS_KNOBS, "malloc_mmap_threshold_kib": 0}},
     "ours_bf16_arithmetic": {"kind": "ours", "dtype": "bfloat16", "cfg": {**OURS_KNOBS, "compute_dtype": "bfloat16"}},
     "trl_default": {"kind": "trl", "bf16": True},
     "trl_fp32": {"kind": "trl", "bf16": False},
 }
-KNOB_VARIANTS = ("ours_fp32_base", "ours_no_checkpointing", "ours_lm_head_at_once", "ours_bf16_arithmetic")
+KNOB_VARIANTS = (
+    "ours_fp32_base",
+    "ours_no_checkpointing",
+    "ours_lm_head_at_once",
+    "ours_default_malloc",
+    "ours_bf16_arithmetic",
+)
 
 
 # -- inside one variant's process ------------------------------------------------------------------------------
@@ -149,9 +169,9 @@ def run_ours(spec: dict[str, Any], steps: int, num_pairs: int, rec: Recorder) ->
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
-        tokens = metrics["tokens_per_s"] * (now - began)  # cumulative real tokens so far
+        tokens = metrics["tokens"]  # cumulative real tokens so far
         rec.step(now - last["t"], round(tokens - last["tokens"]), round(metrics["loss"], 6))
-        last.update(t=now, tokens=round(tokens))
+        last.update(t=now, tokens=tokens)
         losses.append(metrics["loss"])
 
     began = time.perf_counter()
@@ -294,8 +314,11 @@ def summarize(data: dict[str, Any], limit: float | None) -> dict[str, Any]:
     row = {
         "status": data.get("status"),
         "steps_done": len(steps),
-        "peak_rss_gb": data.get("peak_rss_gb"),
-        "train_peak_rss_gb": data.get("train_peak_rss_gb"),
+        # the count restarts after loading (reset_peak_rss), so the process's peak is the larger of the two
+        "peak_rss_gb": max(
+            (x for x in (data.get("load_peak_rss_gb"), data.get("peak_rss_gb")) if x is not None), default=None
+        ),
+        "train_peak_rss_gb": data.get("train_peak_rss_gb", data.get("peak_rss_gb")),
         "load_peak_rss_gb": data.get("load_peak_rss_gb"),
         "rss_after_load_gb": data.get("rss_after_load_gb"),
         "step_seconds": [s["seconds"] for s in steps],

@@ -274,7 +274,8 @@ class LoraDpoTrainer:
             step_losses.append(step_loss)
             sums["loss"] += step_loss
             if report is not None:
-                report(step + 1, steps, {"loss": step_loss, "tokens_per_s": tokens / (time.perf_counter() - began)})
+                rate = tokens / (time.perf_counter() - began)
+                report(step + 1, steps, {"loss": step_loss, "tokens": float(tokens), "tokens_per_s": rate})
 
         self.model.eval()
         seconds = time.perf_counter() - began
