@@ -2,6 +2,7 @@
 
     feddetox edge run --coordinator HOST:PORT --enrol-token T --data pairs.jsonl --guardian BUNDLE [--model NAME]
     feddetox edge sanitize --data pairs.jsonl --guardian BUNDLE --out clean.jsonl [--policy replace|drop|none]
+    feddetox edge install BUNDLE.tar [--state DIR]   # verify a device bundle, lay it out in the state folder
     feddetox edge install-guardian BUNDLE      # verify, copy to $FEDDETOX_HOME/guardians/<id>; then --guardian <id>
 
 Exit status: 0 done, 2 bad input (data, option, bundle file), 3 coordinator unreachable, 4 credentials
@@ -66,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log retries and other details")
 
+    bundle = sub.add_parser(
+        "install",
+        help="verify a device bundle (`feddetox export bundle`) and install it in the state folder",
+        description="Check every member of a device bundle against its bundle.json (sha256, size, names: no "
+        "absolute path, '..', link or unlisted member) before anything is moved into place, then lay it out in "
+        "the state folder: guardians/<id>/, models/<name>/ (when the weights are included), refusals.json, "
+        "device.toml (and ca.pem). Prints the `feddetox edge run` line to use. Exit status 2 for a corrupt or "
+        "invalid bundle.",
+    )
+    bundle.add_argument("bundle", type=Path, help="the device bundle archive (.tar or .tar.gz)")
+    bundle.add_argument("--state", type=Path, metavar="DIR", help="state folder (default: $FEDDETOX_HOME/device)")
+
     install = sub.add_parser(
         "install-guardian",
         help="verify a guardian bundle and install it in this device's cache",
@@ -97,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "install":
+            return _install(args)
         if args.command == "install-guardian":
             return _install_guardian(args)
         return _sanitize(args)
@@ -166,6 +181,18 @@ def guardian_path(value: Path) -> Path:
         f"guardian bundle {str(value)!r} is neither a folder nor an installed bundle id",
         hint="pass the bundle folder, or install it first with `feddetox edge install-guardian FOLDER`",
     )
+
+
+def _install(args: argparse.Namespace) -> int:
+    from edge_client.install import install_bundle, print_next_steps
+
+    try:
+        installed = install_bundle(args.bundle, args.state or home_dir() / "device")
+    except BundleError as exc:  # a bad input file here, not a missing model or guardian version: exit 2
+        print(f"feddetox edge: error: {exc}", file=sys.stderr)
+        return 2
+    print_next_steps(installed)
+    return 0
 
 
 def _install_guardian(args: argparse.Namespace) -> int:
