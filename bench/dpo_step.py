@@ -240,6 +240,7 @@ def run_trl(spec: dict[str, Any], steps: int, num_pairs: int, rec: Recorder) -> 
         def on_train_begin(self, *a, **k):
             reset_peak_rss()
             Timer.began = Timer.last = time.perf_counter()
+            rec.write(train_began_s=round(Timer.began - rec.began, 2))
 
         def on_step_end(self, *a, **k):
             now, total = time.perf_counter(), trainer._total_train_tokens
@@ -336,9 +337,13 @@ def summarize(data: dict[str, Any], limit: float | None) -> dict[str, Any]:
         row["tokens_per_s_bound"] = None
     else:
         row.update(tokens=0, seconds=None, tokens_per_s=None)
-        # no step finished within the limit: at most one step of 2 pairs x 2 rows x 256 tokens was in flight
-        in_step = (limit or 0) - (data.get("wall_s", 0) - data.get("elapsed_s", 0))
-        row["tokens_per_s_bound"] = round(2 * BATCH * (MAX_PROMPT + MAX_ANSWER) / max(in_step, 1.0), 3)
+        # no step finished within the limit: at most one step of 2 pairs x 2 rows x 256 tokens was in flight,
+        # for at least the time from the start of training to the last record (both on the variant's clock)
+        if "train_began_s" in data:
+            in_step = data.get("elapsed_s", 0) - data["train_began_s"]
+            row["tokens_per_s_bound"] = round(2 * BATCH * (MAX_PROMPT + MAX_ANSWER) / max(in_step, 1.0), 3)
+        else:
+            row["tokens_per_s_bound"] = None  # training never started
     return row
 
 
