@@ -144,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     latency = measure_latency(bundle, work, _teacher_path(manifest.teacher_id))
 
     def row(model: str, test_set: str) -> dict:
-        return next(r for r in rows if r["model"] == model and r["test_set"] == test_set)
+        return next((r for r in rows if r["model"] == model and r["test_set"] == test_set), {})
 
     sizes = {name: round((bundle / name).stat().st_size / 1e6, 2) for name in manifest.files}
     teacher_ms = latency.get("teacher", {}).get("p50")
     pte_ms = latency[PTE]["p50"]
-    f1_gap = row("teacher", "human-labelled")["f1"] - row(PTE, "human-labelled")["f1"]
+    teacher_f1 = row("teacher", "human-labelled").get("f1")
+    f1_gap = None if teacher_f1 is None else teacher_f1 - row(PTE, "human-labelled")["f1"]
     figures = {
         "bundle_id": manifest.bundle_id,
         "teacher_id": manifest.teacher_id,
@@ -170,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_teacher": Goal(teacher_ms / pte_ms if teacher_ms else None, 10, ">="),
         "agreement_with_teacher": Goal(manifest.metrics.get("agreement_with_teacher"), 0.95, ">="),
         "f1_gap_to_teacher": Goal(f1_gap, 0.03, "<="),
-        "xstest_safe_fpr": Goal(row(PTE, "xstest")["fpr"], 0.10, "<="),
+        "xstest_safe_fpr": Goal(row(PTE, "xstest").get("fpr"), 0.10, "<="),
     }
     notes = [
+        f"Teacher: {manifest.teacher_id}; goals that need a teacher have value null when the bundle has none.",
         "Quality: each model at its own threshold, calibrated on validation benign data to the target FPR "
         "(the .pte and .onnx use the bundle's threshold, the eager KD student's).",
         "f1_gap_to_teacher is on the pooled human-labelled test sets (Davidson, ToxiGen, XSTest).",
