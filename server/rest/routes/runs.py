@@ -34,6 +34,8 @@ from server.service.config import RunConfigModel, from_model
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 RunId = Annotated[str, Path(max_length=64, pattern=r"^[0-9a-f]{1,64}$")]
+#: the largest integer a query or path parameter may hold: the database's 32-bit INTEGER
+MAX_INT = 2**31 - 1
 
 
 @router.post("", status_code=201, dependencies=[AdminDep])
@@ -44,7 +46,7 @@ def create_run(ctx: CtxDep, config: RunConfigModel) -> RunPublic:
 
 @router.get("")
 def list_runs(
-    ctx: CtxDep, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ctx: CtxDep, offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> RunsPublic:
     data, count = runs.list_runs(ctx, offset=offset, limit=limit)
     return RunsPublic(data=[RunPublic(**r) for r in data], count=count)
@@ -110,13 +112,13 @@ def list_rounds(ctx: CtxDep, run_id: RunId) -> RoundsPublic:
 
 
 @router.get("/{run_id}/rounds/{index}")
-def get_round(ctx: CtxDep, run_id: RunId, index: Annotated[int, Path(ge=1)]) -> RoundDetail:
+def get_round(ctx: CtxDep, run_id: RunId, index: Annotated[int, Path(ge=1, le=MAX_INT)]) -> RoundDetail:
     """A round with its selected devices (assignments) and its metrics."""
     return RoundDetail(**rounds.get_round(ctx, run_id, index))
 
 
 @router.get("/{run_id}/rounds/{index}/metrics")
-def get_round_metrics(ctx: CtxDep, run_id: RunId, index: Annotated[int, Path(ge=1)]) -> RoundMetricsPublic:
+def get_round_metrics(ctx: CtxDep, run_id: RunId, index: Annotated[int, Path(ge=1, le=MAX_INT)]) -> RoundMetricsPublic:
     return RoundMetricsPublic(**rounds.get_round(ctx, run_id, index)["metrics"])
 
 
