@@ -80,6 +80,8 @@ class LoraDpoTrainer:
         self._head = self._lm.get_output_embeddings()
         self._keys = self._adapter_shapes()
         self._compute: torch.dtype | None = None
+        self._precision: tuple[torch.dtype, torch.dtype] | None = None  # (compute, storage) now in place
+        self._checkpointing: bool | None = None
         self._pad_id = self.tokenizer.pad_token_id
         if self._pad_id is None:
             self._pad_id = self.tokenizer.eos_token_id or 0
@@ -146,15 +148,14 @@ class LoraDpoTrainer:
                 hint="build a new LoraDpoTrainer with dtype=torch.float32 for a float32 base",
             )
         compute = resolve_compute_dtype(cfg.compute_dtype)
-        if compute != self._compute:
+        if (compute, storage) != self._precision:
             restore_frozen(self.model)
             if compute != storage:
                 upcast_frozen(self.model, compute)
-            self._compute = compute
-        if cfg.gradient_checkpointing:
-            _checkpointing(self._lm, True)
-        else:
-            _checkpointing(self._lm, False)
+            self._precision, self._compute = (compute, storage), compute
+        if cfg.gradient_checkpointing != self._checkpointing:
+            _checkpointing(self._lm, cfg.gradient_checkpointing)
+            self._checkpointing = cfg.gradient_checkpointing
         return compute
 
     # -- log-probabilities -------------------------------------------------------------------------------------

@@ -157,3 +157,13 @@ def test_wrong_start_adapter_is_an_error_naming_the_key(trainer):
         trainer.load_adapter(missing)
     with pytest.raises(DataError, match="'pairs'"):
         trainer.train([], adapter, TrainConfig(local_steps=1))
+
+
+def test_switching_to_a_bf16_base_keeps_the_chosen_arithmetic(trainer):
+    trainer.train(PAIRS, None, TrainConfig(local_steps=1, **FP32))
+    trainer.train(PAIRS, None, TrainConfig(local_steps=1, compute_dtype="float32"))  # base now stored in bf16
+    batch = trainer._encode_batch(PAIRS[:1], TrainConfig(), {})
+    with torch.no_grad():
+        hidden = trainer._decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    assert hidden.dtype == torch.float32
+    assert trainer._decoder.get_input_embeddings().weight.dtype == torch.bfloat16
