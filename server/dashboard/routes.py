@@ -102,7 +102,7 @@ class EvaluationsPublic(BaseModel):
     "/api/v1/runs/{run_id}/rounds/{index}/evaluation", status_code=201, dependencies=[AdminDep], tags=["evaluation"]
 )
 def post_evaluation(
-    ctx: CtxDep, run_id: RunId, index: Annotated[int, Path(ge=0)], body: EvaluationCreate
+    ctx: CtxDep, run_id: RunId, index: Annotated[int, Path(ge=0, le=2**31 - 1)], body: EvaluationCreate
 ) -> EvaluationRecorded:
     """Record the evaluation of a closed round's global adapter (round 0: the starting adapter); the newest wins."""
     return EvaluationRecorded(**evaluation.record_evaluation(ctx, run_id, index, body.metrics, note=body.note))
