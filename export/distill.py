@@ -74,10 +74,14 @@ def train_student(
     temperature: float = 2.0,
     alpha: float = 0.8,
     seed: int = 0,
-    bf16: bool = True,
+    bf16: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> torch.nn.Module:
-    """Fine-tune the student in place on `train`; `teacher_p=None` trains on gold labels only (hard labels)."""
+    """Fine-tune the student in place on `train`; `teacher_p=None` trains on gold labels only (hard labels).
+
+    `bf16` autocast is off by default: on the 2-core build machine a MiniLM step (16 x 64..96 tokens, one
+    thread) measured 3-4 s in fp32 and 26-43 s under bf16 autocast.
+    """
     torch.manual_seed(seed)
     if teacher_p is None:
         alpha = 0.0
