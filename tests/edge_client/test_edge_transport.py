@@ -118,11 +118,15 @@ def test_broken_download_resumes_from_the_partial_file(coordinator, tmp_path):
 
 
 def test_download_resumes_after_the_connection_is_cut(coordinator, tmp_path):
-    """A TCP-level cut (the proxy drops every connection after 100 kB) rather than a server-side abort."""
+    """A TCP-level cut (the proxy drops every connection after 200 kB) rather than a server-side abort.
+
+    The cut comes after half the blob has passed the proxy, so whatever the buffering between the proxy and the
+    client, some whole chunks reached the partial file before it: the retry must start past 0.
+    """
     blob = os.urandom(400_000)
     coordinator.state.round = Round(adapter=blob)
     coordinator.state.chunk_bytes = 16_000
-    proxy = RecordingProxy(coordinator.port, cut_after_received=100_000)
+    proxy = RecordingProxy(coordinator.port, cut_after_received=200_000)
     # small real waits: after a cut, gRPC needs a moment to open a new connection
     retry = RetryPolicy(initial_s=0.05, multiplier=2.0, max_delay_s=1.0, max_attempts=12)
     try:
