@@ -1,6 +1,6 @@
 """Print the goals of every committed benchmark result as one markdown table (the README's results section).
 
-    python bench/summary.py
+python bench/summary.py
 """
 
 from __future__ import annotations

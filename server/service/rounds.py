@@ -192,7 +192,8 @@ def _aggregate(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfi
     rnd.status, rnd.closed_at, rnd.result_version, rnd.summary = "closed", now, version, summary
     run.global_version, run.rounds_closed, run.updated_at = version, run.rounds_closed + 1, now
     record(session, ctx, "round_closed", run_id=run.id, round_index=rnd.index, version=version, **summary)
-    pause_point(PAUSE_BEFORE_AGGREGATE_COMMIT, session)  # fault injection (off unless set): a kill here, before the commit
+    # fault injection (off unless set): a kill here comes before the commit
+    pause_point(PAUSE_BEFORE_AGGREGATE_COMMIT, session)
     ROUNDS_FINISHED.labels("closed").inc()
     return "round_closed"
 
