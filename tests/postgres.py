@@ -97,6 +97,10 @@ class PostgresCluster:
         if self.user is not None:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self._pg_start()
+        return self
+
+    def _pg_start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         self._run(
             "pg_ctl",
@@ -111,7 +115,6 @@ class PostgresCluster:
             str(START_TIMEOUT_S),
             "start",
         )
-        return self
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -128,20 +131,7 @@ class PostgresCluster:
     def restart(self) -> None:
         """Stop and start the server on the same data and port (a database restart under a client)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.log),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            str(START_TIMEOUT_S),
-            "start",
-        )
+        self._pg_start()
 
     def stop(self) -> None:
         try:

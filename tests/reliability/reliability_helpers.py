@@ -14,7 +14,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import sqlalchemy as sa
-from coordinator_helpers import Device, wait_for
+from coordinator_helpers import (  # tests/server is on the path (conftest.py)
+    Device,
+    adapter_keys,
+    make_adapter,
+    wait_for,
+)
 
 from feddetox.adapters import sha256_bytes
 from feddetox.protocol import device_pb2 as pb
@@ -25,18 +30,11 @@ TABLES = ("runs", "adapter_versions", "rounds", "devices", "enrolment_tokens", "
 
 
 def wide_keys() -> dict[str, tuple[int, int]]:
-    keys = {}
-    for layer in range(WIDE_LAYERS):
-        for module in ("q_proj", "v_proj"):
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            keys[f"{prefix}.lora_A.weight"] = (WIDE_RANK, WIDE)
-            keys[f"{prefix}.lora_B.weight"] = (WIDE, WIDE_RANK)
-    return keys
+    return adapter_keys(WIDE, WIDE_RANK, WIDE_LAYERS)
 
 
 def wide_adapter(seed: int, scale: float = 0.1) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in wide_keys().items()}
+    return make_adapter(seed, scale, wide_keys())
 
 
 def wide_lora() -> dict:

@@ -29,20 +29,22 @@ HIDDEN, RANK, LAYERS = 16, 4, 2
 REPO = Path(__file__).resolve().parents[2]
 
 
-def adapter_keys() -> dict[str, tuple[int, int]]:
-    """PEFT key names and shapes of a LoRA (r=4) on q_proj and v_proj of a tiny 2-layer model (hidden 16)."""
+def adapter_keys(hidden: int = HIDDEN, rank: int = RANK, layers: int = LAYERS) -> dict[str, tuple[int, int]]:
+    """PEFT key names and shapes of a LoRA on q_proj and v_proj (default: r=4, a 2-layer model of hidden 16)."""
     keys = {}
-    for layer in range(LAYERS):
+    for layer in range(layers):
         for module in ("q_proj", "v_proj"):
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            keys[f"{prefix}.lora_A.weight"] = (RANK, HIDDEN)
-            keys[f"{prefix}.lora_B.weight"] = (HIDDEN, RANK)
+            keys[f"{prefix}.lora_A.weight"] = (rank, hidden)
+            keys[f"{prefix}.lora_B.weight"] = (hidden, rank)
     return keys
 
 
-def make_adapter(seed: int, scale: float = 0.1) -> dict[str, np.ndarray]:
+def make_adapter(
+    seed: int, scale: float = 0.1, keys: dict[str, tuple[int, int]] | None = None
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in adapter_keys().items()}
+    return {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in (keys or adapter_keys()).items()}
 
 
 def numpy_fedavg(adapters: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
