@@ -35,6 +35,23 @@ GUARDIAN_PRESETS: dict[str, list[str]] = {
 }
 
 
+def _usable_cores() -> int:
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _cache_key(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts: the version of a cached artifact."""
+    import hashlib
+
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -86,7 +103,11 @@ class Simulation:
 
         if self.cfg.poison_answers == "harmful_strings":
             return scenario.harmful_string_answers(prompts, seed=self.cfg.seed)
-        cache_path = self.out / "cache" / "compliant.jsonl"
+        from feddetox.settings import home_dir
+
+        # shared by every run on the same weights: keyed by the weights' sha256 and the answer length
+        name = f"{self.base_sha[:16]}-{self.cfg.compliant_max_new_tokens}.jsonl"
+        cache_path = home_dir() / "cache" / "compliant" / name
         cache: dict[str, str] = {}
         if cache_path.exists():
             for line in cache_path.read_text().splitlines():
@@ -118,8 +139,16 @@ class Simulation:
         )  # fmt: skip
 
     def start_adapter(self) -> dict[str, Any]:
-        """The round-0 adapter, trained once and kept in the output folder (PEFT format)."""
+        """The round-0 adapter (PEFT format), kept in the output folder.
+
+        It is also cached under FEDDETOX_HOME/start_adapters/<version>, where the version hashes everything that
+        makes it (base weights, LoRA shape, training settings and the training pairs themselves), so a run with
+        the same settings on the same machine reuses it instead of training it again.
+        """
+        import shutil
+
         from feddetox.refusals import shipped_templates
+        from feddetox.settings import home_dir
 
         folder = self.out / "start_adapter"
         if (folder / adapters.ADAPTER_WEIGHTS).exists():
@@ -129,12 +158,25 @@ class Simulation:
             self.harmful["start"], self.compliant, self.benign[-4 * s.steps * s.batch_size :], shipped_templates(),
             self.cfg.scenario,
         )  # fmt: skip
-        _log(f"training the start adapter: {len(pairs)} pairs, {s.steps} steps")
         cfg = self.train_config(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate)
-        result = self.trainer.train(pairs, self.trainer.init_adapter(self.cfg.seed), cfg, progress=True)
-        adapters.save_peft(folder, result.adapter, self.cfg.lora, self.cfg.base_model)
-        _json_dump(self.out / "start_adapter_metrics.json", result.metrics)
-        return result.adapter
+        version = _cache_key(
+            self.base_sha, asdict(self.cfg.lora), asdict(cfg), [(p.prompt, p.chosen, p.rejected) for p in pairs]
+        )
+        cached = home_dir() / "start_adapters" / version
+        if (cached / adapters.ADAPTER_WEIGHTS).exists():
+            _log(f"start adapter {version}: cached in {cached}")
+        else:
+            _log(f"training the start adapter {version}: {len(pairs)} pairs, {s.steps} steps")
+            result = self.trainer.train(pairs, self.trainer.init_adapter(self.cfg.seed), cfg, progress=True)
+            tmp = cached.with_name(cached.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            adapters.save_peft(tmp, result.adapter, self.cfg.lora, self.cfg.base_model)
+            _json_dump(tmp / "metrics.json", {"version": version, **result.metrics})
+            shutil.rmtree(cached, ignore_errors=True)
+            tmp.replace(cached)
+        shutil.copytree(cached, folder, dirs_exist_ok=True)
+        shutil.copy(cached / "metrics.json", self.out / "start_adapter_metrics.json")
+        return adapters.load_peft(folder)[0]
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, key: str, adapter: dict[str, Any] | None) -> dict[str, Any]:
@@ -344,6 +386,8 @@ def _ensure_guardian(spec: str, out: Path) -> Path:
             "--out",
             str(bundle),
             *GUARDIAN_PRESETS[preset],
+            "--threads",
+            str(_usable_cores()),
         ]
         subprocess.run(cmd, check=True)
     return bundle

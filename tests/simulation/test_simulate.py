@@ -88,3 +88,45 @@ def test_table_marks_missing_metrics() -> None:
     result = {"base": {"asr_refusal": 0.99}, "start": {}, "final": {"replace": {"asr_refusal": 0.1}}}
     table = markdown_table(result)
     assert "0.990" in table and "–" in table and "FedDetox (replace)" in table
+
+
+def test_start_adapter_is_cached_by_what_makes_it(
+    tiny_llama_path: Path, tiny_guardian_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second run with the same settings reuses the cached round-0 adapter; other settings train a new one."""
+    import numpy as np
+
+    from feddetox_cli.simulation.runner import Simulation
+
+    monkeypatch.setenv("FEDDETOX_HOME", str(tmp_path / "home"))
+    raw = {
+        "base_model": str(tiny_llama_path),
+        "guardian": str(tiny_guardian_bundle),
+        "poison_answers": "harmful_strings",
+        "lora": {"r": 2, "alpha": 4.0, "target_modules": ["q_proj"]},
+        "scenario": {"start_harmful": 2, "start_benign": 2, "start_anti_refusal": 1},
+        "train": {"max_prompt_tokens": 16, "max_response_tokens": 8},
+        "start": {"steps": 1, "batch_size": 2},
+        "eval": {"preset": "tiny"},
+    }
+    first = Simulation(from_dict(raw), tmp_path / "a")
+    first.prepare()
+    trained = first.start_adapter()
+    assert len(list((tmp_path / "home" / "start_adapters").iterdir())) == 1
+
+    second = Simulation(from_dict(raw), tmp_path / "b")
+    second.prepare()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached start adapter should have been reused")
+
+    monkeypatch.setattr(second.trainer, "train", no_training)
+    reused = second.start_adapter()
+    assert set(reused) == set(trained)
+    assert all(np.array_equal(reused[k], trained[k]) for k in trained)
+    assert (tmp_path / "b" / "start_adapter_metrics.json").exists()
+
+    other = Simulation(from_dict({**raw, "start": {"steps": 2, "batch_size": 2}}), tmp_path / "c")
+    other.prepare()
+    other.start_adapter()
+    assert len(list((tmp_path / "home" / "start_adapters").iterdir())) == 2
