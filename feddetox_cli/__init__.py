@@ -29,6 +29,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: third-party loggers that print warnings about optional parts FedDetox does not use (torchao's CUDA kernels,
+#: torch's pytree deprecations); FEDDETOX_VERBOSE=1 keeps them
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def _quiet_third_party_logs() -> None:
+    import logging
+    import os
+
+    if os.environ.get("FEDDETOX_VERBOSE"):
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: feddetox COMMAND [ARGS...]", "", "commands:"]
@@ -51,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"feddetox: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    _quiet_third_party_logs()
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 
