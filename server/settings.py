@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     #: gRPC calls a device may make a second on average (0 = no limit), and its burst
     device_rate_per_s: float = 20.0
     device_burst: int = 100
+    #: a device's last_seen_at is written at most this often (heartbeats and polls in between only read);
+    #: keep it well under a run's device_seen_window_s
+    last_seen_write_s: float = 10.0
+    #: running FedAvg sums held in memory (one per collecting round, 8 bytes a parameter); others are rebuilt
+    max_running_sums: int = 4
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -66,9 +71,11 @@ class Settings(BaseSettings):
                 self.admin_key = secrets.token_urlsafe(24)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both FEDDETOX_TLS_CERT and FEDDETOX_TLS_KEY, or neither")
-        for name in ("max_message_bytes", "max_update_bytes", "chunk_size", "tick_s"):
+        for name in ("max_message_bytes", "max_update_bytes", "chunk_size", "tick_s", "max_running_sums"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"FEDDETOX_{name.upper()} must be positive")
+        if self.last_seen_write_s < 0:
+            raise ValueError("FEDDETOX_LAST_SEEN_WRITE_S must be >= 0")
         if self.chunk_size + 1024 > self.max_message_bytes:
             raise ValueError("FEDDETOX_CHUNK_SIZE must be at least 1 KiB smaller than FEDDETOX_MAX_MESSAGE_BYTES")
         return self

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,11 +78,6 @@ class Round(Base):
     #: how the aggregate was made: rule, updates, examples, clipped, delta norm
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     failure: Mapped[str | None] = mapped_column(Text, nullable=True)
-    #: FedAvg as updates arrive: blob of sum_i w_i x_i (float64), sum_i w_i, and how many updates it holds;
-    #: changed in the transaction that accepts each update, so it counts every accepted update exactly once
-    partial_sha256: Mapped[str | None] = mapped_column(SHA, nullable=True)
-    partial_weight: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
-    partial_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Device(Base):
@@ -131,11 +126,17 @@ class Update(Base):
     """An accepted update: one per assignment; the blob lives in the blob store under `sha256`."""
 
     __tablename__ = "updates"
-    __table_args__ = (UniqueConstraint("device_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "idempotency_key"),
+        Index("uq_updates_round_id_seq", "round_id", "seq", unique=True),
+    )
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
     round_index: Mapped[int] = mapped_column(Integer)
+    #: its acceptance number in the round: 1, 2, ... (taken under the round's row lock, so it equals the
+    #: round's `reported` count after this update); the running FedAvg sum adds the updates in this order
+    seq: Mapped[int] = mapped_column(Integer)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
     assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), unique=True)
     idempotency_key: Mapped[str] = mapped_column(String(128))

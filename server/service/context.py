@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry, Counter
 from server.blobs import BlobStore
 from server.db import Database
 from server.db.models import Event
+from server.service.adapter_cache import AdapterCache
 from server.service.limits import RateLimiter
+from server.service.running_sums import RunningSums
 from server.settings import Settings
 
 log = logging.getLogger("feddetox.coordinator")
@@ -42,10 +44,19 @@ class ServiceContext:
     wake: threading.Event = field(default_factory=threading.Event)
     #: the per-device rate limit of authenticated calls (made from the settings when not given)
     limiter: RateLimiter | None = None
+    #: caches of this process (never the only copy of anything): the running FedAvg sum of each collecting
+    #: round, the parsed global adapters, and when each device's last_seen_at was last written
+    sums: RunningSums | None = None
+    adapters: AdapterCache | None = None
+    seen_written: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.limiter is None:
             self.limiter = RateLimiter(self.settings.device_rate_per_s, self.settings.device_burst)
+        if self.sums is None:
+            self.sums = RunningSums(self.settings.max_running_sums)
+        if self.adapters is None:
+            self.adapters = AdapterCache(self.blobs)
 
     def now(self) -> float:
         return self.clock()

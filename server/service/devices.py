@@ -139,12 +139,19 @@ def authenticate(ctx: ServiceContext, device_id: str, secret: str) -> str:
 
 
 def heartbeat(ctx: ServiceContext, device_id: str, status: str = "") -> float:
+    """Record that the device is alive (and its status): a write at most every `last_seen_write_s` per device
+    and process, so that polls do not queue on the database's write lock; in between, last_seen_at (and the
+    status) may be up to that old, which selection allows for (device_seen_window_s is minutes)."""
     now = ctx.now()
+    written = ctx.seen_written.get(device_id)
+    if written is not None and 0 <= now - written < ctx.settings.last_seen_write_s:
+        return now
     with ctx.db.write() as session:
         device = session.get(Device, device_id)
         if device is not None:
             device.last_seen_at, device.status = now, (status or "idle")[:32]
-    ctx.poke()
+    ctx.seen_written[device_id] = now
+    ctx.poke()  # a device seen again may let a round select
     return now
 
 

@@ -17,15 +17,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from feddetox.adapters import from_bytes, sha256_bytes, to_bytes
-from feddetox.errors import ChecksumError, NotFoundError
+from feddetox.adapters import to_bytes
+from feddetox.errors import NotFoundError
 from server import aggregation
 from server.db.models import AdapterVersion, Assignment, Device, Metric, Round, Run, Update
+from server.safetensors_view import tensor_views
 from server.service.config import RunConfig
-from server.service.context import ROUNDS_FINISHED, ServiceContext, new_id, record
+from server.service.context import ROUNDS_FINISHED, ServiceContext, log, new_id, record
 from server.service.faults import PAUSE_BEFORE_AGGREGATE_COMMIT, pause_point
+from server.service.running_sums import contribution
 from server.service.runs import config_of
-from server.service.updates import partial_name
 
 OPEN = ("waiting", "collecting")
 
@@ -141,32 +142,20 @@ def _finish_assignments(session, rnd: Round) -> None:
 
 def _aggregate(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfig, now: float) -> str:
     """Aggregate the round's accepted updates into the next global version, in the caller's transaction."""
-    updates = list(
-        session.scalars(select(Update).where(Update.round_id == rnd.id).order_by(Update.created_at, Update.id))
-    )
+    updates = list(session.scalars(select(Update).where(Update.round_id == rnd.id).order_by(Update.seq)))
     base_row = session.scalars(
         select(AdapterVersion).where(AdapterVersion.run_id == run.id, AdapterVersion.version == rnd.base_version)
     ).one()
-    base = from_bytes(ctx.blobs.get(base_row.sha256), where=f"global adapter {base_row.sha256}")
+    base = ctx.adapters.get(base_row.sha256)
     rule, clip = cfg.aggregation.rule, cfg.aggregation.clip_norm
 
     def load(update: Update) -> dict[str, np.ndarray]:
-        tensors = from_bytes(ctx.blobs.get(update.sha256), where=f"update {update.id}")
-        return aggregation.clip_update(tensors, base, clip)[0] if clip is not None else tensors
+        tensors = tensor_views(ctx.blobs.get(update.sha256), where=f"update {update.id}")
+        return contribution(tensors, base, clip)[0]
 
-    if rule == "fedavg" and updates and rnd.partial_count == len(updates):
-        # the running sum kept as the updates arrived (updates.py), counted in the same transactions
-        name = partial_name(rnd.id, rnd.partial_count)
-        data = ctx.blobs.get_partial(name)
-        if sha256_bytes(data) != rnd.partial_sha256:
-            raise ChecksumError(f"the running sum of round {rnd.index} is corrupt (sha256 differs from the database)")
-        result = aggregation.FedAvgAccumulator.resume(from_bytes(data), rnd.partial_weight, rnd.partial_count).result()
-        session.info.setdefault("after_commit", []).append(lambda: ctx.blobs.delete_partial(name))
-    elif rule == "fedavg":  # no running sum (e.g. a round older than it): stream the updates, one at a time
-        acc = aggregation.FedAvgAccumulator()
-        for update in updates:
-            acc.add(load(update), update.num_examples)
-        result = acc.result()
+    if rule == "fedavg":  # the running sum of this process, caught up (or rebuilt) from the blobs as needed
+        after_commit = session.info.setdefault("after_commit", [])
+        result = ctx.sums.result(ctx, session, rnd, on_commit=after_commit.append)
     else:
         result = aggregation.aggregate(
             rule, [load(u) for u in updates], [u.num_examples for u in updates], trim_ratio=cfg.aggregation.trim_ratio
@@ -198,8 +187,34 @@ def _aggregate(session, ctx: ServiceContext, run: Run, rnd: Round, cfg: RunConfi
     return "round_closed"
 
 
+def catch_up_sums(ctx: ServiceContext) -> None:
+    """Bring this process's running sums of the collecting FedAvg rounds up to their accepted updates (read
+    from the blobs), outside any write transaction, so that closing a round needs at most the last few; drop
+    the sums of rounds that closed or failed meanwhile (e.g. closed by another coordinator)."""
+    ctx.sums.wait()  # the adds of the updates just accepted, so that they are not reread from their blobs
+    held = ctx.sums.round_ids()
+    with ctx.db.read() as session:
+        collecting = session.execute(
+            select(Round.id, Round.reported, Run)
+            .join(Run, Round.run_id == Run.id)
+            .where(Run.status == "running", Round.status == "collecting", Round.reported > 0)
+            .order_by(Round.id.desc())
+        ).all()
+        over = session.scalars(select(Round.id).where(Round.id.in_(held), Round.status != "collecting")).all()
+    for round_id in over:
+        ctx.sums.forget(round_id, closed=True)
+    fedavg = [(r, n) for r, n, run in collecting if config_of(run).aggregation.rule == "fedavg"]
+    for round_id, reported in fedavg[: ctx.sums.max_rounds]:  # more would evict each other: rebuilt at close
+        if ctx.sums.count(round_id) != reported:
+            try:
+                ctx.sums.catch_up(ctx, round_id, reported)
+            except Exception:  # noqa: BLE001 - the close rebuilds it; the tick goes on
+                log.exception("catching up the running sum of round %s failed", round_id)
+
+
 def advance_all(ctx: ServiceContext) -> list[str]:
     """Every running run as far as it goes now (the scheduler's tick)."""
+    catch_up_sums(ctx)
     with ctx.db.read() as session:
         run_ids = list(session.scalars(select(Run.id).where(Run.status == "running")))
     done = []

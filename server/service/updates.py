@@ -1,5 +1,10 @@
 """Updates: every check BEFORE anything is stored, then the blob and one DB transaction.
 
+The bytes are hashed and spooled to a temp file as they arrive (`server.blobs.Spool`), so that after the
+checks storing the blob is an fsync (already under way) and a rename. The transaction numbers the update in
+its round (`Update.seq`); after it commits the update is added to the round's running FedAvg sum in memory
+(`running_sums`), which the blobs can always rebuild.
+
 Order of the checks (each refusal is an `UpdateRejected` with its own `reason`):
   header:  bad_header, too_large, unknown_run, run_not_running, not_assigned, round_closed,
            already_reported, stale_base, idempotency_conflict
@@ -18,11 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import select
 
-from feddetox.adapters import Tensors, from_bytes, sha256_bytes, to_bytes
-from feddetox.errors import ChecksumError, DataError, NotFoundError, UpdateRejected
-from server.aggregation import FedAvgAccumulator, clip_update, delta_norm
+from feddetox.adapters import Tensors
+from feddetox.errors import DataError, NotFoundError, UpdateRejected
+from server.aggregation import squared_delta
+from server.blobs import Spool
 from server.db.models import AdapterVersion, Assignment, Metric, Round, Run, Update
+from server.safetensors_view import Entry, layout, tensor_views, view_of
 from server.service.context import UPDATES_ACCEPTED, UPDATES_REFUSED, ServiceContext, log, new_id, record
+from server.service.running_sums import contribution
 from server.service.runs import config_of
 
 KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -79,6 +87,8 @@ class _Plan:
     spec: dict[str, list[int]]
     base_sha256: str
     max_update_norm: float | None
+    clip_norm: float | None
+    fedavg: bool
 
 
 def _reject(reason: str, message: str) -> UpdateRejected:
@@ -170,20 +180,69 @@ def _plan(ctx: ServiceContext, device_id: str, header: UpdateHeader) -> _Plan | 
         base = session.scalars(
             select(AdapterVersion).where(AdapterVersion.run_id == run.id, AdapterVersion.version == rnd.base_version)
         ).one()
-        return _Plan(device_id, header, rnd.id, run.adapter_spec or {}, base.sha256, config_of(run).max_update_norm)
-
-
-def _check_content(ctx: ServiceContext, plan: _Plan, data: bytes) -> tuple[float, Tensors, Tensors]:
-    """(||update - global||, the update, the global adapter) if every content check passes."""
-    header = plan.header
-    if len(data) != header.size_bytes:
-        raise _reject("size_mismatch", f"received {len(data)} bytes, the header announced {header.size_bytes}")
-    if sha256_bytes(data) != header.sha256:
-        raise _reject(
-            "checksum_mismatch", f"the bytes' sha256 is {sha256_bytes(data)}, the header says {header.sha256}"
+        cfg = config_of(run)
+        return _Plan(
+            device_id,
+            header,
+            rnd.id,
+            run.adapter_spec or {},
+            base.sha256,
+            cfg.max_update_norm,
+            cfg.aggregation.clip_norm,
+            cfg.aggregation.rule == "fedavg",
         )
+
+
+class _NormsAhead:
+    """||x - global||^2 of each tensor, computed on the spool's worker as soon as the tensor's bytes are in,
+    so that the content check after the last byte has (almost) nothing left to compute.
+
+    Only what the check would compute is done here (float32 tensors of the global adapter's keys and sizes),
+    with the same function, so the result is the same bits; anything unusual (a malformed header, another
+    dtype) is left to the check, which also decides every refusal.
+    """
+
+    def __init__(self, base: Tensors) -> None:
+        self.base = base
+        self.squared: dict[str, float] = {}
+        self._start = 0
+        self._pending: list[Entry] | None = None
+        self._scratch = np.empty(max((v.size for v in base.values()), default=0), dtype=np.float64)
+
+    def __call__(self, view: memoryview, upto: int) -> None:
+        try:
+            if self._pending is None:
+                if upto < 8 or upto < 8 + int.from_bytes(view[:8], "little"):
+                    return
+                self._start, entries = layout(view[:upto])
+                self._pending = [e for e in entries if self._wanted(e)]
+            while self._pending and self._start + self._pending[0].end <= upto:
+                entry = self._pending.pop(0)
+                value = view_of(view, self._start, entry)
+                self.squared[entry.name] = squared_delta(value, self.base[entry.name], self._scratch)
+        except Exception:  # noqa: BLE001 - the check after the last byte computes (and refuses) itself
+            self._pending = []
+
+    def _wanted(self, entry: Entry) -> bool:
+        base = self.base.get(entry.name)
+        return entry.dtype == np.float32 and base is not None and base.shape == entry.shape
+
+
+def _check_content(
+    ctx: ServiceContext, plan: _Plan, spool: Spool, ahead: _NormsAhead
+) -> tuple[float, Tensors, Tensors]:
+    """(||update - global||, the update, the global adapter) if every content check passes.
+
+    The update's tensors are views of the received bytes (no copy); the finite check and the norm are one
+    pass over them (`squared_delta` per tensor), mostly done while the bytes arrived (`_NormsAhead`).
+    """
+    header = plan.header
+    if spool.received != header.size_bytes:
+        raise _reject("size_mismatch", f"received {spool.received} bytes, the header announced {header.size_bytes}")
+    if spool.sha256() != header.sha256:
+        raise _reject("checksum_mismatch", f"the bytes' sha256 is {spool.sha256()}, the header says {header.sha256}")
     try:
-        tensors = from_bytes(data, where="update")
+        tensors = tensor_views(spool.data, where="update")
     except DataError as exc:
         raise _reject("malformed", exc.message) from None
     missing, extra = sorted(set(plan.spec) - set(tensors)), sorted(set(tensors) - set(plan.spec))
@@ -195,46 +254,30 @@ def _check_content(ctx: ServiceContext, plan: _Plan, data: bytes) -> tuple[float
     for key, value in tensors.items():
         if value.dtype != np.float32:
             raise _reject("dtype", f"tensor {key!r} is {value.dtype}, expected float32")
-    for key, value in tensors.items():
-        if not np.all(np.isfinite(value)):
+    base = ahead.base
+    total = 0.0
+    for key in sorted(tensors):
+        squared = ahead.squared.get(key)
+        if squared is None:
+            squared = squared_delta(tensors[key], base[key])
+        if not np.isfinite(squared):
             raise _reject("non_finite", f"tensor {key!r} holds NaN or Inf")
-    base = from_bytes(ctx.blobs.get(plan.base_sha256), where=f"global adapter {plan.base_sha256}")
-    norm = delta_norm(tensors, base)
+        total += squared
+    norm = float(np.sqrt(total))
     if plan.max_update_norm is not None and norm > plan.max_update_norm:
         raise _reject("norm", f"||update - global|| = {norm:.4g} is over max_update_norm = {plan.max_update_norm:.4g}")
     return norm, tensors, base
 
 
-def partial_name(round_id: int, count: int) -> str:
-    return f"{round_id}-{count}"
-
-
-def _add_to_partial(session, ctx: ServiceContext, rnd: Round, contribution: Tensors, weight: int) -> None:
-    """FedAvg as updates arrive: the round's running sum, in the transaction that accepts the update."""
-    if rnd.partial_count:
-        data = ctx.blobs.get_partial(partial_name(rnd.id, rnd.partial_count))
-        if sha256_bytes(data) != rnd.partial_sha256:
-            raise ChecksumError(f"the running sum of round {rnd.index} is corrupt (sha256 differs from the database)")
-        acc = FedAvgAccumulator.resume(from_bytes(data), rnd.partial_weight, rnd.partial_count)
-    else:
-        acc = FedAvgAccumulator()
-    acc.add(contribution, weight)
-    data = to_bytes(acc.sums)
-    ctx.blobs.put_partial(partial_name(rnd.id, acc.count), data)
-    if rnd.partial_count:  # the previous sum is not needed once this transaction commits
-        previous = partial_name(rnd.id, rnd.partial_count)
-        session.info.setdefault("after_commit", []).append(lambda: ctx.blobs.delete_partial(previous))
-    rnd.partial_sha256, rnd.partial_weight, rnd.partial_count = sha256_bytes(data), acc.total_weight, acc.count
-
-
-def _commit(ctx: ServiceContext, plan: _Plan, norm: float, tensors: Tensors, base: Tensors) -> Receipt:
+def _commit(ctx: ServiceContext, plan: _Plan, norm: float, clipped: bool) -> tuple[Receipt, int]:
+    """The update's row, in one transaction under the round's row lock: (receipt, its number in the round)."""
     header, now = plan.header, ctx.now()
     with ctx.db.write() as session:
         rnd = session.execute(ctx.db.locked(select(Round).where(Round.id == plan.round_id))).scalar_one()
         run = session.get(Run, rnd.run_id)
         receipt = _duplicate(session, plan.device_id, header)  # a concurrent retry may have won
         if receipt is not None:
-            return receipt
+            return receipt, 0
         why = _late(rnd, run, now) if run.status == "running" else f"run {run.id} is {run.status}"
         if why:
             raise _reject("round_closed", f"{why}; the update is refused")
@@ -245,17 +288,13 @@ def _commit(ctx: ServiceContext, plan: _Plan, norm: float, tensors: Tensors, bas
             raise _reject(
                 "already_reported", f"device {plan.device_id} has already an accepted update in round {rnd.index}"
             )
-        cfg = config_of(run)
-        contribution, clipped = tensors, False
-        if cfg.aggregation.clip_norm is not None:
-            contribution, clipped = clip_update(tensors, base, cfg.aggregation.clip_norm)
-        if cfg.aggregation.rule == "fedavg":
-            _add_to_partial(session, ctx, rnd, contribution, header.num_examples)
+        rnd.reported += 1
         update = Update(
             id=new_id(),
             run_id=run.id,
             round_id=rnd.id,
             round_index=rnd.index,
+            seq=rnd.reported,
             device_id=plan.device_id,
             assignment_id=assignment.id,
             idempotency_key=header.idempotency_key,
@@ -271,7 +310,6 @@ def _commit(ctx: ServiceContext, plan: _Plan, norm: float, tensors: Tensors, bas
         )
         session.add(update)
         assignment.status, assignment.reported_at = "reported", now
-        rnd.reported += 1
         record(
             session,
             ctx,
@@ -283,7 +321,7 @@ def _commit(ctx: ServiceContext, plan: _Plan, norm: float, tensors: Tensors, bas
             num_examples=header.num_examples,
             delta_norm=norm,
         )
-    return Receipt(update.id, update.sha256, False)
+    return Receipt(update.id, update.sha256, False), update.seq
 
 
 def _refused(ctx: ServiceContext, device_id: str, header: UpdateHeader | None, exc: UpdateRejected) -> None:
@@ -305,24 +343,34 @@ def _refused(ctx: ServiceContext, device_id: str, header: UpdateHeader | None, e
         log.exception("could not record the refusal of an update of device %s", device_id)
 
 
+def _receive(spool: Spool, header: UpdateHeader, chunks: Iterable[bytes]) -> None:
+    """Copy the chunks into the spool as they arrive (hashed and written on the way); never past the header's size."""
+    for chunk in chunks:
+        if spool.received + len(chunk) > header.size_bytes:
+            raise _reject("size_mismatch", f"received more than the {header.size_bytes} bytes the header announced")
+        spool.write(chunk)
+    spool.finish()  # the fsync runs while the content is checked
+
+
 def receive_update(ctx: ServiceContext, device_id: str, header: UpdateHeader, chunks: Iterable[bytes]) -> Receipt:
-    """Validate the header, read the bytes (never more than announced), validate them, store, commit."""
+    """Validate the header, read the bytes (never more than announced), validate them, store, commit, and add
+    the update to the round's running sum (in memory; the stored blob is what makes it durable)."""
     try:
         plan = _plan(ctx, device_id, header)
         if isinstance(plan, Receipt):
             for _ in chunks:  # drain the retry's bytes; the first upload was accepted
                 pass
             return plan
-        parts, received = [], 0
-        for chunk in chunks:
-            received += len(chunk)
-            if received > header.size_bytes:
-                raise _reject("size_mismatch", f"received more than the {header.size_bytes} bytes the header announced")
-            parts.append(chunk)
-        data = b"".join(parts)
-        norm, tensors, base = _check_content(ctx, plan, data)
-        ctx.blobs.put(data, sha256=header.sha256)
-        receipt = _commit(ctx, plan, norm, tensors, base)
+        ahead = _NormsAhead(ctx.adapters.get(plan.base_sha256))
+        with ctx.blobs.spool(header.size_bytes, on_data=ahead) as spool:
+            _receive(spool, header, chunks)
+            norm, tensors, base = _check_content(ctx, plan, spool, ahead)
+            added, clipped = contribution(tensors, base, plan.clip_norm, norm=norm)
+            spool.store(header.sha256)  # durable before the transaction that accepts it commits
+            receipt, seq = _commit(ctx, plan, norm, clipped)
+            if seq and plan.fedavg:
+                ctx.sums.add_later(ctx, plan.round_id, seq, added, header.num_examples)
+            del tensors, added  # views of the spool's buffer
     except UpdateRejected as exc:
         _refused(ctx, device_id, header, exc)
         raise
