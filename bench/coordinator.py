@@ -12,8 +12,9 @@
    its API requires. Each (implementation, K) runs in a fresh process; time counts the aggregation only
    (not the generation); memory is the peak RSS minus the RSS after imports (holding nothing).
 2. Upload: a 19.5 MB update (the adapter above) through `UploadUpdate` of a real coordinator on loopback
-   (validation, blob store, running sum included) against `sendall` of the same bytes over a plain loopback
-   TCP socket to another process.
+   (validation, blob store with fsync, database commit included) against `sendall` of the same bytes over a
+   plain loopback TCP socket to another process; and the same gRPC client against a server that only drains
+   the stream (the floor of Python gRPC here).
 3. Load: 1,000 devices (`bench/load_devices.py`, 4 processes of threads, one connection per device) against
    one coordinator on SQLite and then on PostgreSQL; one round selects all of them and closes.
 """
@@ -46,6 +47,7 @@ ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 KS = (10, 100, 1000)
 FLOWER_MEMORY_LIMIT_GB = 16.0
 LOAD_PROCESSES = 4
+UPLOAD_CHUNK = 1 << 20  # bytes per UploadUpdate message, as the edge client sends them
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # --- the adapter ------------------------------------------------------------------------------------------
@@ -354,6 +356,61 @@ def tcp_seconds(blob: bytes, repeats: int) -> list[float]:
     return times
 
 
+def _grpc_sink() -> None:
+    """Runs in another process: a gRPC server whose UploadUpdate only drains the stream (Python gRPC's floor)."""
+    from concurrent import futures
+
+    import grpc
+
+    from feddetox.protocol import device_pb2 as pb
+    from feddetox.protocol import device_pb2_grpc as pb_grpc
+
+    class Drain(pb_grpc.DeviceServiceServicer):
+        def UploadUpdate(self, request_iterator, context):
+            size = sum(len(m.data) for m in request_iterator)
+            return pb.UploadReceipt(update_id=str(size))
+
+    options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+    pb_grpc.add_DeviceServiceServicer_to_server(Drain(), server)
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    server.start()
+    sys.stdin.read()  # until the parent closes it
+    server.stop(0)
+
+
+def grpc_drain_seconds(blob: bytes, repeats: int) -> list[float]:
+    """The same client, messages and chunks as the upload, against a server that does nothing with them."""
+    import grpc
+
+    from feddetox.protocol import device_pb2 as pb
+    from feddetox.protocol import device_pb2_grpc as pb_grpc
+
+    sink = subprocess.Popen(
+        [sys.executable, __file__, "_grpc_sink"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    port = int(sink.stdout.readline())
+    times = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.DeviceServiceStub(channel)
+
+            def messages():
+                yield pb.UploadUpdateRequest(header=pb.UpdateHeader(size_bytes=len(blob)))
+                for at in range(0, len(blob), UPLOAD_CHUNK):
+                    yield pb.UploadUpdateRequest(data=blob[at : at + UPLOAD_CHUNK])
+
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                stub.UploadUpdate(messages(), timeout=120)
+                if i:  # the first warms up the connection
+                    times.append(time.perf_counter() - start)
+    finally:
+        sink.stdin.close()
+        sink.wait(30)
+    return times
+
+
 def upload_part(work: Path, rounds: int = 3) -> dict:
     import grpc
 
@@ -404,8 +461,8 @@ def upload_part(work: Path, rounds: int = 3) -> dict:
 
                 def messages(head=header, blob=blob):
                     yield pb.UploadUpdateRequest(header=head)
-                    for at in range(0, len(blob), 1 << 20):
-                        yield pb.UploadUpdateRequest(data=blob[at : at + (1 << 20)])
+                    for at in range(0, len(blob), UPLOAD_CHUNK):
+                        yield pb.UploadUpdateRequest(data=blob[at : at + UPLOAD_CHUNK])
 
                 # the same bytes under a wrong sha256: received in full, hashed once, refused
                 # (checksum_mismatch) and nothing stored, so this times the transport
@@ -427,6 +484,7 @@ def upload_part(work: Path, rounds: int = 3) -> dict:
                 del data
             channel.close()
         tcp_s = tcp_seconds(blob, repeats=7)
+        drain_s = grpc_drain_seconds(blob, repeats=7)
     finally:
         coordinator.stop()
     stages = upload_stages(work / "stages", blob, zeros)
@@ -434,17 +492,20 @@ def upload_part(work: Path, rounds: int = 3) -> dict:
     grpc_mb_s = size / statistics.median(upload_s) / 1e6
     tcp_mb_s = size / statistics.median(tcp_s) / 1e6
     print(
-        f"upload: gRPC {grpc_mb_s:.0f} MB/s (transport {size / statistics.median(transport_s) / 1e6:.0f}),"
-        f" TCP {tcp_mb_s:.0f} MB/s",
+        f"upload: gRPC {grpc_mb_s:.0f} MB/s (transport {size / statistics.median(transport_s) / 1e6:.0f},"
+        f" drain-only server {size / statistics.median(drain_s) / 1e6:.0f}), TCP {tcp_mb_s:.0f} MB/s",
         file=sys.stderr,
         flush=True,
     )
     return {
         "bytes": size,
-        "chunk_bytes": 1 << 20,
+        "chunk_bytes": UPLOAD_CHUNK,
         "grpc_upload_s": upload_s,
         "grpc_download_s": download_s,
         "tcp_s": tcp_s,
+        "grpc_drain_s": drain_s,
+        "grpc_drain_mb_s": size / statistics.median(drain_s) / 1e6,
+        "grpc_drain_fraction_of_loopback": size / statistics.median(drain_s) / 1e6 / tcp_mb_s,
         "grpc_upload_mb_s": grpc_mb_s,
         "grpc_download_mb_s": size / statistics.median(download_s) / 1e6,
         "tcp_mb_s": tcp_mb_s,
@@ -457,34 +518,37 @@ def upload_part(work: Path, rounds: int = 3) -> dict:
 
 
 def upload_stages(folder: Path, blob: bytes, base: dict[str, np.ndarray], repeats: int = 3) -> dict[str, float]:
-    """What the coordinator does with an accepted update's bytes, stage by stage (best of `repeats`, seconds)."""
-    from feddetox.adapters import from_bytes, sha256_bytes, to_bytes
-    from server.aggregation import FedAvgAccumulator, delta_norm
+    """What the coordinator does with an accepted update's bytes, stage by stage (best of `repeats`, seconds).
+
+    On the server the first three overlap the transport (they run per chunk as the chunks arrive) and the
+    fsync overlaps the content checks; here each runs alone.
+    """
+    from feddetox.adapters import sha256_bytes
+    from server.aggregation import FedAvgAccumulator, squared_deltas
     from server.blobs import BlobStore
+    from server.safetensors_view import tensor_views
 
     store = BlobStore(folder)
+    chunk = 1 << 20
+    digest = sha256_bytes(blob)
+
+    def spool(store_it: bool) -> None:  # copy into the buffer, hash, write to the temp file; then fsync + rename
+        with store.spool(len(blob)) as incoming:
+            for at in range(0, len(blob), chunk):
+                incoming.write(blob[at : at + chunk])
+            if store_it:
+                store.path(digest).unlink(missing_ok=True)
+                incoming.store(digest)
+
+    tensors = tensor_views(blob)
     acc = FedAvgAccumulator()
     acc.add(base, 1.0)
-    partial = to_bytes(acc.sums)
-    store.put_partial("1-1", partial)
-
-    def running_sum() -> None:  # read the round's float64 sum, add, write it back (durable)
-        data = store.get_partial("1-1")
-        sha256_bytes(data)
-        resumed = FedAvgAccumulator.resume(from_bytes(data), 1.0, 1)
-        resumed.add(tensors, 8)
-        out = to_bytes(resumed.sums)
-        sha256_bytes(out)
-        store.put_partial("1-2", out)
-
-    tensors = from_bytes(blob)
     stages = {
-        "sha256": lambda: sha256_bytes(blob),
-        "parse": lambda: from_bytes(blob),
-        "finite_check": lambda: [np.all(np.isfinite(v)) for v in tensors.values()],
-        "delta_norm": lambda: delta_norm(tensors, base),
-        "blob_put_fsync": lambda: (store.path(sha256_bytes(blob)).unlink(missing_ok=True), store.put(blob)),
-        "running_sum_roundtrip": running_sum,
+        "receive_copy_hash_write": lambda: spool(False),
+        "parse_views": lambda: tensor_views(blob),
+        "finite_check_and_delta_norm": lambda: sum(sq for _, sq in squared_deltas(tensors, base)),
+        "receive_and_store_fsync": lambda: spool(True),
+        "running_sum_add": lambda: acc.add(tensors, 8),
     }
     out = {}
     for name, fn in stages.items():
@@ -685,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_tcp_sink"]:
         _tcp_sink()
         return 0
+    if argv[:1] == ["_grpc_sink"]:
+        _grpc_sink()
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="agg,upload,load", help="comma-separated: agg, upload, load")
     parser.add_argument("--devices", type=int, default=1000, help="devices of the load part")
@@ -726,8 +793,10 @@ def main(argv: list[str] | None = None) -> int:
         " process.",
         "Flower's aggregate() needs the K updates and K weighted copies in memory at once: sizes needing more than"
         f" {FLOWER_MEMORY_LIMIT_GB:g} GB are skipped (figures.aggregation.skipped).",
-        "Upload: the whole UploadUpdate call (validation, blob store with fsync, running FedAvg sum) against a"
-        " plain sendall of the same bytes to another process over loopback TCP; medians.",
+        "Upload: the whole UploadUpdate call (validation, blob store with fsync, database commit; the running"
+        " FedAvg sum is added in memory after the reply) against a plain sendall of the same bytes to another"
+        " process over loopback TCP; medians. grpc_drain: the same client and messages against a gRPC server in"
+        " another process that only drains the stream: the floor of Python gRPC on this machine.",
         "Load latencies are as the devices see them, from client processes sharing the same 2 cores as the"
         " coordinator (and other work: see load).",
     ]

@@ -220,7 +220,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             sanitization=_sanitization(h.sanitization),
         )
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Iterator[bytes]:  # the service spools each chunk as it arrives
             for message in request_iterator:
                 if message.WhichOneof("part") != "data":
                     raise ProtocolError("UploadUpdate carries exactly one header, as its first message")
@@ -251,7 +251,10 @@ def make_server(ctx: ServiceContext, *, max_workers: int = 16) -> tuple[grpc.Ser
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    # no compression: adapters are float32 noise to a compressor, and it would cost CPU on both ends
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), options=options, compression=grpc.Compression.NoCompression
+    )
     pb_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(ctx), server)
     address = f"{s.grpc_host}:{s.grpc_port}"
     if s.tls:

@@ -200,9 +200,10 @@ def catch_up_sums(ctx: ServiceContext) -> None:
             .where(Run.status == "running", Round.status == "collecting", Round.reported > 0)
             .order_by(Round.id.desc())
         ).all()
-        over = session.scalars(select(Round.id).where(Round.id.in_(held), Round.status != "collecting")).all()
-    for round_id in over:
-        ctx.sums.forget(round_id, closed=True)
+        statuses = dict(session.execute(select(Round.id, Round.status).where(Round.id.in_(held))).all())
+    for round_id in held:
+        if statuses.get(round_id, "deleted") != "collecting":
+            ctx.sums.forget(round_id, closed=True)
     fedavg = [(r, n) for r, n, run in collecting if config_of(run).aggregation.rule == "fedavg"]
     for round_id, reported in fedavg[: ctx.sums.max_rounds]:  # more would evict each other: rebuilt at close
         if ctx.sums.count(round_id) != reported:
