@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import FAST, write_pairs_file
+from edge_helpers import FAST, write_pairs_file
 from minimal_coordinator import CoordinatorState, MinimalCoordinator, Round
 
 from edge_client.agent import AgentConfig, EdgeAgent, Progress

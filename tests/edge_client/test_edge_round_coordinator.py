@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_pairs_file
+from edge_helpers import write_pairs_file
 from minimal_coordinator import RecordingProxy
 
 from feddetox.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, from_bytes

@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from conftest import FAST
+from edge_helpers import FAST
 from minimal_coordinator import CoordinatorState, MinimalCoordinator, RecordingProxy, Round
 
 from edge_client.state import Credential, PendingUpdate
