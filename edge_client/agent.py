@@ -5,7 +5,8 @@
 
 One task, phase by phase (each prints a progress line, and the state folder records where it is):
 
-1. check: the task's base model hash and guardian id are the ones this device holds (else a clear error);
+1. check: the task's base model hash and guardian id are the ones this device holds (else a clear error;
+   without `guardian_dir`, the task's guardian is taken from the state folder's `guardians/<bundle id>`);
 2. download: the round's global adapter, unless cached; resumes a broken transfer, verifies sha256;
 3. sanitize: the guardian scores every local pair's (prompt, chosen); the task's policy applies;
 4. train: local LoRA-DPO from the global adapter on the sanitized pairs;
@@ -14,18 +15,25 @@ One task, phase by phase (each prints a progress line, and the state folder reco
 The finished update is kept in the state folder with its idempotency key before the upload starts, so an
 agent restarted at any moment uploads that same update (never a second, different one) and the
 coordinator, restarted or not, answers a repeated upload with the first receipt. Only the adapter, metrics
-and sanitization counts leave the device, never text.
+(named as `feddetox.protocol.metrics` says) and sanitization counts leave the device, never text.
+
+While a task works, a background thread (`Liveness`) heartbeats with the current phase (`downloading`,
+`sanitizing`, `training`, `uploading`) at the poll interval the coordinator returns, so that a device whose
+local step takes many minutes stays among the devices the coordinator counts as seen. A failed heartbeat is
+logged and tried again at the next interval; it never stops the task.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -39,12 +47,14 @@ from feddetox.data.records import PreferencePair
 from feddetox.errors import (
     AuthError,
     BundleError,
+    FedDetoxError,
     ModelNotFoundError,
     NotFoundError,
     RateLimitedError,
     UnavailableError,
     UpdateRejected,
 )
+from feddetox.protocol.metrics import DPO_LOSS, NUM_EXAMPLES, update_metrics
 from feddetox.refusals import load_templates
 from feddetox.sanitize import SanitizeCounts, SanitizeResult, Scorer, sanitize_with
 
@@ -73,6 +83,7 @@ class AgentConfig:
     """What the device owner chooses (the coordinator chooses the rest, per task)."""
 
     data_path: Path
+    #: the guardian bundle folder; None = the bundle the task names, from the state folder's guardians/
     guardian_dir: Path | None = None
     #: the SLM on this device (registry name or folder); None = the task's base model
     model: str | None = None
@@ -85,6 +96,8 @@ class AgentConfig:
     #: stop when the coordinator has been unreachable this long (None: keep trying)
     give_up_after_s: float | None = None
     sanitize_batch_size: int = 16
+    #: heartbeat this often during a task when the coordinator names no poll interval
+    beat_interval_s: float = 30.0
 
 
 class Progress:
@@ -111,6 +124,79 @@ class Progress:
     def reset(self) -> None:
         """Start counting afresh (a new task)."""
         self._last.clear()
+
+
+class Liveness:
+    """Heartbeats with the current phase from a background thread, for as long as a task works.
+
+        with Liveness(beat, interval_s=30) as liveness:     # beat(status) -> the coordinator's poll interval
+            liveness.phase("training")                     # beats at once, then every interval
+            ...
+
+    The interval is the one the last heartbeat returned (`interval_s` until one did, and when the coordinator
+    names none), at least `min_interval_s`. A failed heartbeat is logged; the next one is due an interval
+    later. Leaving the block stops the thread and waits for a heartbeat in flight to end (one try, bounded by
+    the client's call timeout).
+    """
+
+    def __init__(
+        self, beat: Callable[[str], int], *, interval_s: float = 30.0, min_interval_s: float = 1.0, name: str = "task"
+    ) -> None:
+        self._beat, self._default = beat, max(interval_s, min_interval_s)
+        self._min, self._interval = min_interval_s, max(interval_s, min_interval_s)
+        self._status: str | None = None
+        self._due = False
+        self._stopped = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=f"feddetox-heartbeat-{name}", daemon=True)
+        #: (status, error message or None) of every heartbeat tried, for the curious and for tests
+        self.sent: list[tuple[str, str | None]] = []
+
+    def __enter__(self) -> Liveness:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def phase(self, status: str) -> None:
+        """The task is now in phase `status`: heartbeat it at once (in the background) and from then on."""
+        with self._wake:
+            self._status, self._due = status, True
+            self._wake.notify_all()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop beating; waits (at most `timeout_s`, default: forever) for a heartbeat in flight."""
+        with self._wake:
+            self._stopped = True
+            self._wake.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._stopped or self._due, timeout=self._interval)
+                if self._stopped:
+                    return
+                status, self._due = self._status, False
+            if status is not None:
+                self._send(status)
+
+    def _send(self, status: str) -> None:
+        try:
+            interval = self._beat(status)
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong here, the task goes on
+            message = exc.message if isinstance(exc, FedDetoxError) else f"{type(exc).__name__}: {exc}"
+            log.info("heartbeat %r failed (%s); next try in %.0f s", status, message, self._interval)
+            self.sent.append((status, message))
+            return
+        self._interval = max(self._min, float(interval)) if interval and interval > 0 else self._default
+        self.sent.append((status, None))
 
 
 def device_name_of(text: str) -> str:
@@ -143,15 +229,19 @@ class EdgeAgent:
         progress: Progress | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        heartbeat: Callable[[str], int] | None = None,
     ) -> None:
         self.client, self.state, self.config = client, state, config
         self._guardian = guardian
+        self._guardians: dict[str, Guardian] = {}  # installed ones, loaded by id when a task names them
         self._trainer_factory = trainer_factory or _default_trainer
         self._model_sha256 = model_sha256 or _default_model_sha256
         self._trainers: dict[tuple[str, LoraSpec], Trainer] = {}
         self._hashes: dict[str, str] = {}
         self.progress = progress or Progress()
         self._sleep, self._clock = sleep, clock
+        #: the task's heartbeat (status -> poll interval); None: one try of `client.heartbeat`
+        self._beat = heartbeat
         self._templates = load_templates(config.templates_path)
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -184,7 +274,7 @@ class EdgeAgent:
                     continue
                 interval = self.client.heartbeat("idle")
                 assignment, retry_after = self.client.get_task(
-                    model_sha256=self._held_models(), guardian_ids=[self.guardian.bundle_id]
+                    model_sha256=self._held_models(), guardian_ids=self.guardian_ids()
                 )
                 down_since, failures = None, 0
                 if assignment is None or self.state.is_done(assignment.assignment_id):
@@ -211,19 +301,25 @@ class EdgeAgent:
         label = f"[{assignment.label}]"
         self.progress.reset()
         self.progress.line(f"{label} task {assignment.assignment_id}: policy {assignment.sanitization_policy}")
-        model = self._check_model(assignment)
-        guardian = self._check_guardian(assignment)
-        start = self._download(assignment, label)
-        self.state.set_phase("downloaded")
-        result = self._sanitize(assignment, guardian, label)
-        self.state.set_phase("sanitized")
-        if not result.pairs:
-            self.progress.line(f"{label} no pair left to train on; reporting the counts only")
-            self._finish_abandoned(assignment, {"num_examples": 0.0}, result.counts)
-            return None
-        update, blob = self._train(assignment, model, start, result, label)
-        self.state.save_update(update, blob)
-        return self._upload(update, blob, label)
+        with self._liveness(assignment.assignment_id) as liveness:
+            liveness.phase("downloading")
+            model = self._check_model(assignment)
+            guardian = self._check_guardian(assignment)
+            start = self._download(assignment, label)
+            self.state.set_phase("downloaded")
+            liveness.phase("sanitizing")
+            result = self._sanitize(assignment, guardian, label)
+            self.state.set_phase("sanitized")
+            if not result.pairs:
+                self.progress.line(f"{label} no pair left to train on; reporting the counts only")
+                liveness.phase("reporting")
+                self._finish_abandoned(assignment, {NUM_EXAMPLES: 0.0}, result.counts)
+                return None
+            liveness.phase("training")
+            update, blob = self._train(assignment, model, start, result, label)
+            self.state.save_update(update, blob)
+            liveness.phase("uploading")
+            return self._upload(update, blob, label)
 
     # -- phases ----------------------------------------------------------------------------------------
 
@@ -282,19 +378,18 @@ class EdgeAgent:
     ) -> tuple[PendingUpdate, bytes]:
         trainer = self._trainer(model, assignment.lora)
         cfg = _train_config(assignment)
-        self._beat("training")
         steps = assignment.training.local_steps
         self.progress.line(f"{label} train: {steps} local steps on {len(result.pairs)} pairs")
 
         def on_step(step: int, total: int, metrics: dict[str, float] | None = None) -> None:
-            loss = (metrics or {}).get("loss")
+            loss = update_metrics(metrics or {}).get(DPO_LOSS)
             suffix = "" if loss is None else f", loss {loss:.4f}"
             self.progress.fraction("train", f"{label} train step", step, total, suffix=suffix)
 
         trained = trainer.train(result.pairs, start, cfg, progress=on_step)
         tensors = {k: np.asarray(v, dtype=np.float32) for k, v in trained.adapter.items()}
         blob = to_bytes(tensors)
-        metrics = {k: float(v) for k, v in dict(trained.metrics).items()}
+        metrics = update_metrics(trained.metrics)  # the names the coordinator and the dashboard read
         credential = self.client.credential
         assert credential is not None  # ensure_enrolled ran
         update = PendingUpdate(
@@ -315,7 +410,6 @@ class EdgeAgent:
 
     def _upload(self, update: PendingUpdate, blob: bytes, label: str) -> Receipt | None:
         self.progress.line(f"{label} upload: {human_bytes(update.size_bytes)}, key {update.idempotency_key[:12]}")
-        self._beat("uploading")
         try:
             receipt = self.client.upload_update(
                 update,
@@ -344,7 +438,9 @@ class EdgeAgent:
         label = f"[run {update.run_id} round {update.round_index}]"
         self.progress.reset()
         self.progress.line(f"{label} resuming the upload of assignment {update.assignment_id}")
-        self._upload(update, blob, label)
+        with self._liveness(update.assignment_id) as liveness:
+            liveness.phase("uploading")
+            self._upload(update, blob, label)
         return True
 
     def _finish_abandoned(self, assignment: Assignment, metrics: dict[str, float], counts: SanitizeCounts) -> None:
@@ -353,24 +449,66 @@ class EdgeAgent:
         finally:
             self.state.finish(assignment.assignment_id)
 
-    def _beat(self, status: str) -> None:
-        """Tell the coordinator what the device is doing; a failed heartbeat does not stop the task."""
-        try:
-            self.client.heartbeat(status)
-        except (UnavailableError, RateLimitedError) as exc:
-            log.info("heartbeat %r failed: %s", status, exc.message)
+    def _liveness(self, name: str) -> Liveness:
+        """Heartbeats during a task, each one try on this client's channel (the next beat is the retry, so a
+        heartbeat never waits out a backoff and stopping never waits for one)."""
+        if self._beat is not None:
+            beat = self._beat
+        else:
+            once = copy.copy(self.client)  # shares the channel; only its retry policy differs
+            once.retry = replace(self.client.retry, max_attempts=1)
+            beat = once.heartbeat
+        return Liveness(beat, interval_s=self.config.beat_interval_s, name=name)
 
     # -- checks ----------------------------------------------------------------------------------------
 
     @property
-    def guardian(self) -> Guardian:
-        if self._guardian is None:
-            if self.config.guardian_dir is None:
-                raise BundleError("no guardian bundle given", hint="option --guardian")
-            from feddetox.guardian import load_guardian
+    def pinned(self) -> bool:
+        """True when the device owner named one guardian (a folder or an injected scorer)."""
+        return self._guardian is not None or self.config.guardian_dir is not None
 
-            self._guardian = load_guardian(self.config.guardian_dir)
+    @property
+    def guardian(self) -> Guardian:
+        """The guardian the owner named; without one, the only guardian installed in the state folder."""
+        if self._guardian is None:
+            if self.config.guardian_dir is not None:
+                self._guardian = self._load_guardian(self.config.guardian_dir)
+            else:
+                installed = self._installed_guardians()
+                if len(installed) > 1:
+                    raise BundleError(
+                        f"{len(installed)} guardians are installed in {self.state.guardians_dir} "
+                        f"({', '.join(installed)}); which one this device uses is decided per task",
+                        hint="pass --guardian ID to use one of them for every task",
+                    )
+                return self._installed(installed[0])
         return self._guardian
+
+    def guardian_ids(self) -> list[str]:
+        """What GetTask says this device holds: the named guardian, or every one installed in the state folder."""
+        if self.pinned:
+            return [self.guardian.bundle_id]
+        return self._installed_guardians()
+
+    def _installed_guardians(self) -> list[str]:
+        installed = self.state.installed_guardians()
+        if not installed:
+            raise BundleError(
+                f"no guardian bundle is installed in {self.state.guardians_dir}",
+                hint=f"install one with `feddetox edge install-guardian BUNDLE --state {self.state.root}` (or a "
+                "device bundle with `feddetox edge install`), or pass --guardian FOLDER",
+            )
+        return installed
+
+    def _installed(self, bundle_id: str) -> Guardian:
+        if bundle_id not in self._guardians:
+            self._guardians[bundle_id] = self._load_guardian(self.state.guardian_dir(bundle_id))
+        return self._guardians[bundle_id]
+
+    def _load_guardian(self, folder: Path) -> Guardian:
+        from feddetox.guardian import load_guardian
+
+        return load_guardian(folder)
 
     def _held_models(self) -> list[str]:
         if self.config.model is None:
@@ -401,14 +539,25 @@ class EdgeAgent:
         return model
 
     def _check_guardian(self, assignment: Assignment) -> Guardian:
-        guardian = self.guardian
-        if assignment.guardian_id and guardian.bundle_id != assignment.guardian_id:
+        where = f"task {assignment.assignment_id} ({assignment.label})"
+        if self.pinned or not assignment.guardian_id:
+            guardian = self.guardian
+            if assignment.guardian_id and guardian.bundle_id != assignment.guardian_id:
+                raise BundleError(
+                    f"{where} needs guardian {assignment.guardian_id!r}; this device has {guardian.bundle_id!r}",
+                    hint=f"install the run's guardian bundle with `feddetox edge install-guardian BUNDLE --state "
+                    f"{self.state.root}` and pass --guardian {assignment.guardian_id} (or no --guardian)",
+                )
+            return guardian
+        installed = self._installed_guardians()
+        if assignment.guardian_id not in installed:
             raise BundleError(
-                f"task {assignment.assignment_id} ({assignment.label}) needs guardian {assignment.guardian_id!r}; "
-                f"this device has {guardian.bundle_id!r}",
-                hint="install the run's guardian bundle and pass it with --guardian",
+                f"{where} needs guardian {assignment.guardian_id!r}; this device has "
+                f"{', '.join(repr(i) for i in installed)} in {self.state.guardians_dir}",
+                hint=f"install the run's guardian bundle with `feddetox edge install-guardian BUNDLE --state "
+                f"{self.state.root}`",
             )
-        return guardian
+        return self._installed(assignment.guardian_id)
 
     def _trainer(self, model: str, lora: LoraSpec) -> Trainer:
         key = (model, lora)

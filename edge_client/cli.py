@@ -1,9 +1,14 @@
 """`feddetox edge`: the device agent's commands.
 
-    feddetox edge run --coordinator HOST:PORT --enrol-token T --data pairs.jsonl --guardian BUNDLE [--model NAME]
-    feddetox edge sanitize --data pairs.jsonl --guardian BUNDLE --out clean.jsonl [--policy replace|drop|none]
+    feddetox edge run --coordinator HOST:PORT --enrol-token T --data pairs.jsonl [--guardian ID|FOLDER] [--model NAME]
+    feddetox edge sanitize --data pairs.jsonl [--guardian ID|FOLDER] --out clean.jsonl [--policy replace|drop|none]
     feddetox edge install BUNDLE.tar [--state DIR]   # verify a device bundle, lay it out in the state folder
-    feddetox edge install-guardian BUNDLE      # verify, copy to $FEDDETOX_HOME/guardians/<id>; then --guardian <id>
+    feddetox edge install-guardian FOLDER [--state DIR]   # verify a guardian bundle, copy it to the state folder
+
+Where a device keeps its guardians: `STATE/guardians/<bundle id>/`, STATE being the state folder (`--state`,
+default `$FEDDETOX_HOME/device`). Both install commands put them there; `run` and `sanitize` take
+`--guardian ID` for one of them, or a bundle folder; without `--guardian`, `run` uses the guardian each task
+names, from that folder (and `sanitize` the only one installed).
 
 Exit status: 0 done, 2 bad input (data, option, bundle file), 3 coordinator unreachable, 4 credentials
 refused, 5 the task needs a model or guardian version this device does not have, 1 any other FedDetox error.
@@ -18,6 +23,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feddetox.errors import (
     AuthError,
@@ -30,6 +36,9 @@ from feddetox.errors import (
 )
 from feddetox.settings import home_dir
 
+if TYPE_CHECKING:
+    from edge_client.state import DeviceState
+
 EXIT_CODES: tuple[tuple[type[FedDetoxError], int], ...] = (
     (UnavailableError, 3),
     (AuthError, 4),
@@ -38,6 +47,22 @@ EXIT_CODES: tuple[tuple[type[FedDetoxError], int], ...] = (
     (DataError, 2),
     (ConfigError, 2),
 )
+
+
+GUARDIAN_HELP = (
+    "a guardian bundle folder, or the id of one installed in the state folder (STATE/guardians/<id>); "
+    "default, or empty: the guardian each task names, from STATE/guardians"
+)
+TEMPLATES_HELP = "your own refusal templates (JSON list or one a line); empty: the shipped ones"
+
+
+def _optional_path(text: str) -> Path | None:
+    """A path option that may be given empty (an unset variable in a service file): empty = not given."""
+    return Path(text) if text.strip() else None
+
+
+def _optional_str(text: str) -> str | None:
+    return text if text.strip() else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,12 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="the coordinator's gRPC address")
     run.add_argument("--enrol-token", metavar="T", help="one-time enrolment token (needed only the first time)")
     run.add_argument("--data", required=True, type=Path, metavar="F", help="local preference pairs (jsonl/csv/parquet)")
-    run.add_argument("--guardian", required=True, type=Path, metavar="B", help="guardian bundle folder or installed id")
-    run.add_argument("--model", metavar="NAME", help="the SLM on this device (default: the task's base model)")
+    run.add_argument("--guardian", type=_optional_path, metavar="ID|FOLDER", help=GUARDIAN_HELP)
+    run.add_argument(
+        "--model", type=_optional_str, metavar="NAME", help="the SLM on this device (default: the task's base model)"
+    )
     run.add_argument("--state", type=Path, metavar="DIR", help="state folder (default: $FEDDETOX_HOME/device)")
     run.add_argument("--ca-file", type=Path, metavar="F", help="CA certificate (PEM): use TLS and trust this CA")
     run.add_argument("--skip-invalid", action="store_true", help="skip and count invalid data records")
-    run.add_argument("--templates", type=Path, metavar="F", help="your own refusal templates (JSON list or lines)")
+    run.add_argument("--templates", type=_optional_path, metavar="F", help=TEMPLATES_HELP)
     run.add_argument("--device-name", metavar="NAME", help="name shown on the dashboard (default: host name)")
     run.add_argument("--max-rounds", type=int, metavar="N", help="stop after N tasks (default: run until stopped)")
     run.add_argument("--max-poll", type=float, default=30.0, metavar="S", help="longest wait between polls")
@@ -81,11 +108,13 @@ def _parser() -> argparse.ArgumentParser:
 
     install = sub.add_parser(
         "install-guardian",
-        help="verify a guardian bundle and install it in this device's cache",
+        help="verify a guardian bundle and install it in the state folder",
         description="Check every file of a guardian bundle against its manifest, then copy it to "
-        "$FEDDETOX_HOME/guardians/<bundle id>; `--guardian <bundle id>` then finds it.",
+        "STATE/guardians/<bundle id>, where `edge install` puts a device bundle's guardian too. `edge run` then "
+        "finds it without --guardian (the task names the bundle id), and `--guardian <bundle id>` picks it.",
     )
     install.add_argument("bundle", type=Path, help="the bundle folder (manifest.json, student.pte, tokenizer.json)")
+    install.add_argument("--state", type=Path, metavar="DIR", help="state folder (default: $FEDDETOX_HOME/device)")
 
     san = sub.add_parser(
         "sanitize",
@@ -94,11 +123,18 @@ def _parser() -> argparse.ArgumentParser:
         "sanitized pairs as JSONL and prints what was flagged.",
     )
     san.add_argument("--data", required=True, type=Path, metavar="F", help="preference pairs (jsonl/csv/parquet)")
-    san.add_argument("--guardian", required=True, type=Path, metavar="B", help="guardian bundle folder or installed id")
+    san.add_argument(
+        "--guardian",
+        type=_optional_path,
+        metavar="ID|FOLDER",
+        help="a guardian bundle folder, or the id of one installed in the state folder (default: the only one "
+        "installed there)",
+    )
+    san.add_argument("--state", type=Path, metavar="DIR", help="state folder (default: $FEDDETOX_HOME/device)")
     san.add_argument("--out", required=True, type=Path, metavar="F2", help="where to write the sanitized JSONL")
     san.add_argument("--policy", choices=("replace", "drop", "none"), default="replace")
     san.add_argument("--threshold", type=float, metavar="X", help="p_unsafe >= X is unsafe (default: the bundle's)")
-    san.add_argument("--templates", type=Path, metavar="F", help="your own refusal templates (JSON list or lines)")
+    san.add_argument("--templates", type=_optional_path, metavar="F", help=TEMPLATES_HELP)
     san.add_argument("--skip-invalid", action="store_true", help="skip and count invalid data records")
     san.add_argument("--report-json", type=Path, metavar="F", help="also write the counts as JSON")
     san.add_argument("--show", type=int, default=10, metavar="N", help="list at most N flagged pairs (default 10)")
@@ -143,9 +179,10 @@ def _run_agent(args: argparse.Namespace) -> int:
         raise DataError("data file not found", path=str(args.data))
     if args.max_rounds is not None and args.max_rounds < 1:
         raise ConfigError(f"--max-rounds must be at least 1, got {args.max_rounds}")
+    state = DeviceState(args.state or home_dir() / "device")
     config = AgentConfig(
         data_path=args.data,
-        guardian_dir=guardian_path(args.guardian),
+        guardian_dir=guardian_path(args.guardian, state),
         model=args.model,
         skip_invalid=args.skip_invalid,
         templates_path=args.templates,
@@ -155,31 +192,37 @@ def _run_agent(args: argparse.Namespace) -> int:
     )
     if args.device_name:
         config.device_name = device_name_of(args.device_name)
-    state = DeviceState(args.state or home_dir() / "device")
     retry = RetryPolicy() if args.give_up_after is None else RetryPolicy().within(args.give_up_after)
     with CoordinatorClient(args.coordinator, ca_file=args.ca_file, retry=retry) as client:
         agent = EdgeAgent(client, state, config)
-        print(f"guardian {agent.guardian.bundle_id} (threshold {agent.guardian.threshold:g}); state {state.root}")
+        if agent.pinned:
+            print(f"guardian {agent.guardian.bundle_id} (threshold {agent.guardian.threshold:g}); state {state.root}")
+        else:
+            installed = ", ".join(agent.guardian_ids())
+            print(f"guardians installed in {state.guardians_dir}: {installed} (each task names its own)")
+            print(f"state {state.root}")
         done = agent.run(enrol_token=args.enrol_token)
     print(f"done: {done} task(s)")
     return 0
 
 
-def guardians_dir() -> Path:
-    """Where `install-guardian` puts bundles: $FEDDETOX_HOME/guardians/<bundle id>."""
-    return home_dir() / "guardians"
-
-
-def guardian_path(value: Path) -> Path:
-    """`--guardian`: a bundle folder, or the id of an installed bundle."""
+def guardian_path(value: Path | None, state: DeviceState) -> Path | None:
+    """`--guardian`: a bundle folder, the id of a bundle installed in `state` (STATE/guardians/<id>), or None
+    (not given: the agent takes each task's guardian from STATE/guardians)."""
+    if value is None:
+        return None
     if value.is_dir() or len(value.parts) != 1:
         return value
-    installed = guardians_dir() / value.name
+    installed = state.guardian_dir(value.name)
     if installed.is_dir():
         return installed
+    others = state.installed_guardians()
+    has = f"installed there: {', '.join(others)}" if others else "none is installed there"
     raise BundleError(
-        f"guardian bundle {str(value)!r} is neither a folder nor an installed bundle id",
-        hint="pass the bundle folder, or install it first with `feddetox edge install-guardian FOLDER`",
+        f"guardian bundle {str(value)!r} is neither a folder nor a bundle id installed in {state.guardians_dir} "
+        f"({has})",
+        hint=f"pass the bundle folder, or install it first with `feddetox edge install-guardian FOLDER --state "
+        f"{state.root}`",
     )
 
 
@@ -196,24 +239,9 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _install_guardian(args: argparse.Namespace) -> int:
-    import shutil
+    from edge_client.install import install_guardian
 
-    from feddetox.guardian import verify_bundle
-
-    manifest = verify_bundle(args.bundle)
-    target = guardians_dir() / manifest.bundle_id
-    if target.exists():
-        verify_bundle(target)
-        print(f"guardian {manifest.bundle_id} is already installed in {target}")
-        return 0
-    staging = target.with_name(f".{manifest.bundle_id}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in [*manifest.files, "manifest.json"]:
-        shutil.copy2(args.bundle / name, staging / name)
-    verify_bundle(staging)
-    staging.rename(target)
-    print(f"installed guardian {manifest.bundle_id} (threshold {manifest.threshold:g}) in {target}")
+    install_guardian(args.bundle, args.state or home_dir() / "device")
     return 0
 
 
@@ -234,6 +262,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def _sanitize(args: argparse.Namespace) -> int:
+    from edge_client.state import DeviceState
     from feddetox.data.io import read_pairs, write_pairs
     from feddetox.guardian import load_guardian
     from feddetox.refusals import load_templates
@@ -241,7 +270,19 @@ def _sanitize(args: argparse.Namespace) -> int:
 
     templates = load_templates(args.templates)
     read = read_pairs(args.data, skip_invalid=args.skip_invalid)
-    guardian = load_guardian(guardian_path(args.guardian), threshold=args.threshold)
+    folder = args.guardian
+    if folder is None or not (folder.is_dir() or len(folder.parts) != 1):  # an id, or none: the state folder's
+        state = DeviceState(args.state or home_dir() / "device")
+        folder = guardian_path(args.guardian, state)
+    if folder is None:
+        installed = state.installed_guardians()
+        if len(installed) != 1:
+            has = f"{len(installed)} are installed in {state.guardians_dir}" + (
+                f" ({', '.join(installed)})" if installed else ""
+            )
+            raise BundleError(f"which guardian? --guardian is not given and {has}", hint="pass --guardian ID|FOLDER")
+        folder = state.guardian_dir(installed[0])
+    guardian = load_guardian(folder, threshold=args.threshold)
     total = len(read.pairs)
     print(f"scoring {total} pairs of {args.data} with guardian {guardian.bundle_id}", flush=True)
     last = [-1]

@@ -1,6 +1,7 @@
 """`feddetox edge install BUNDLE`: verify a device bundle and lay it out in the device's state folder.
 
     feddetox edge install device-bundle.tar --state /var/lib/feddetox-edge
+    feddetox edge install-guardian guardian-bundle/ --state /var/lib/feddetox-edge   # a guardian alone
 
     STATE/guardians/<bundle id>/   the guardian bundle (checked again against its own manifest)
     STATE/models/<name>/           the SLM, when the bundle includes its weights
@@ -15,6 +16,9 @@ staging folder inside the state folder while its sha256 and size are compared wi
 every member, the guardian's own manifest, the templates and the model's weights hash are checked is anything
 moved into place (by renames on one file system). A bundle that names a registry model without its weights
 leaves the pull to the user and says the exact command.
+
+Both commands put a guardian in the one place a device keeps its guardians, `STATE/guardians/<bundle id>/`
+(`DeviceState.guardians_dir`), where `feddetox edge run --state STATE` finds it without `--guardian`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_client.state import DeviceState
 from feddetox.device_bundle import (
     DEVICE_TOML,
     GUARDIAN_DIR,
@@ -75,7 +80,8 @@ class Installed:
         """The `feddetox edge run` command line for this installation (placeholders for what it cannot know)."""
         device = self.manifest.device
         argv = ["feddetox", "edge", "run", "--coordinator", device.coordinator or "HOST:PORT"]
-        argv += ["--enrol-token", "TOKEN", "--data", str(self.data), "--guardian", str(self.guardian_dir)]
+        # the guardian by its id: `edge run` finds it in STATE/guardians/<id>, where it was installed
+        argv += ["--enrol-token", "TOKEN", "--data", str(self.data), "--guardian", self.manifest.guardian_id]
         argv += ["--model", self.model, "--templates", str(self.templates), "--state", str(self.state)]
         if self.ca_file is not None:
             argv += ["--ca-file", str(self.ca_file)]
@@ -283,9 +289,8 @@ def _check_model(staging: Path, manifest: BundleManifest) -> tuple[list[str], li
 
 
 def _place(staging: Path, state: Path, manifest: BundleManifest, todo: list[str], warnings: list[str]) -> Installed:
-    guardians = state / "guardians"
-    guardians.mkdir(exist_ok=True)
-    guardian_dir = guardians / manifest.guardian_id
+    guardian_dir = DeviceState(state).guardian_dir(manifest.guardian_id)
+    guardian_dir.parent.mkdir(exist_ok=True)
     _replace_dir(staging / GUARDIAN_DIR, guardian_dir)
     model_dir = None
     model = manifest.model.name
@@ -345,6 +350,38 @@ def _write_config(staging: Path, installed: Installed) -> None:
     tmp = staging / DEVICE_TOML
     tmp.write_text(device_toml(values, comment=comment), encoding="utf-8")
     os.replace(tmp, installed.device_toml)
+
+
+def install_guardian(bundle: str | Path, state: str | Path, *, echo: Echo = _stdout) -> Path:
+    """Verify the guardian bundle folder `bundle` against its manifest and copy it to
+    `STATE/guardians/<bundle id>/`; returns that folder. An installed copy is checked again and kept.
+
+    Raises `BundleError` naming the file at fault; nothing is moved into place before the copy is checked.
+    """
+    from feddetox.guardian import verify_bundle
+
+    bundle = Path(bundle)
+    manifest = verify_bundle(bundle)
+    device = DeviceState(state)
+    target = device.guardian_dir(manifest.bundle_id)
+    if target.exists():
+        verify_bundle(target)
+        echo(f"guardian {manifest.bundle_id} is already installed in {target}")
+        return target
+    target.parent.mkdir(exist_ok=True)
+    staging = target.with_name(f".{manifest.bundle_id}.partial{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for name in [*manifest.files, "manifest.json"]:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(bundle / name, staging / name)
+        verify_bundle(staging)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    echo(f"installed guardian {manifest.bundle_id} (threshold {manifest.threshold:g}) in {target}")
+    return target
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -6,6 +6,8 @@
     STATE/task.json                the current assignment and its phase
     STATE/update/                  the finished update of that assignment: blob + header (with its key)
     STATE/done.json                assignments already uploaded (never trained or uploaded again)
+    STATE/guardians/<bundle id>/   the guardian bundles installed on this device (`feddetox edge install`
+                                   and `feddetox edge install-guardian` put them here; `edge run` finds them)
 
 Every file is written to a temporary name and renamed, so a crash never leaves half a file behind. The
 update's idempotency key is derived from the device id and the assignment id: even a device that lost its
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 PHASES = ("assigned", "downloaded", "sanitized", "trained", "uploaded")
 #: how many finished assignment ids are remembered
 DONE_KEEP = 256
+#: the device's guardian bundles: STATE/guardians/<bundle id>/
+GUARDIANS_DIR = "guardians"
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,29 @@ class DeviceState:
 
     def save_credential(self, credential: Credential) -> None:
         _write_atomic(self._credential, json.dumps(asdict(credential)).encode())
+
+    # -- installed guardians ---------------------------------------------------------------------------
+
+    @property
+    def guardians_dir(self) -> Path:
+        """STATE/guardians: where this device keeps its guardian bundles, one folder per bundle id."""
+        return self.root / GUARDIANS_DIR
+
+    def guardian_dir(self, bundle_id: str) -> Path:
+        """The folder of the installed guardian `bundle_id` (it may not exist)."""
+        if not bundle_id or "/" in bundle_id or bundle_id.startswith("."):
+            raise DataError(f"not a guardian bundle id: {bundle_id!r:.80}", field="guardian")
+        return self.guardians_dir / bundle_id
+
+    def installed_guardians(self) -> list[str]:
+        """The ids of the guardian bundles installed in this state folder (sorted; staging folders skipped)."""
+        if not self.guardians_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.guardians_dir.iterdir()
+            if not p.name.startswith(".") and (p / "manifest.json").is_file()
+        )
 
     # -- cached adapters -------------------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from edge_client.cli import _parser as edge_parser
+from edge_client.cli import guardian_path
 from edge_client.cli import main as edge_main
 from edge_client.install import install_bundle
+from edge_client.state import DeviceState
 from export.cli import main as export_main
 from feddetox.device_bundle import MANIFEST_NAME, compute_bundle_id, parse_device_config, parse_manifest
 from feddetox.errors import BundleError, ConfigError
@@ -132,7 +134,9 @@ def test_round_trip_with_weights(tmp_path, tiny_guardian_bundle, tiny_llama_path
     assert "FEDDETOX_TORCH_THREADS=2 feddetox edge run" in printed and config["run"] in printed
     args = edge_parser().parse_args(run_argv(printed)[2:])
     assert args.command == "run" and args.coordinator == "coordinator.lab:50051"
-    assert args.guardian == installed_guardian and args.model == str(model_dir)
+    assert args.guardian == Path(guardian.bundle_id) and args.model == str(model_dir)
+    # the guardian by its id: `edge run` finds it where install put it, in the state folder
+    assert guardian_path(args.guardian, DeviceState(args.state)) == installed_guardian
     assert args.templates == state / "refusals.json" and args.ca_file == state / "ca.pem"
     assert args.state == state and args.max_poll == 12.5 and args.data == state / "data" / "pairs.jsonl"
     assert "put the device's preference pairs" in printed  # the data file is not there yet

@@ -63,6 +63,8 @@ class Faults:
     lost_acks: int = 0
     #: for the next N calls of any kind, abort with UNAVAILABLE before doing anything
     unavailable_calls: int = 0
+    #: for the next N heartbeats with a task's phase (not idle), record them, then abort with UNAVAILABLE
+    failing_phase_heartbeats: int = 0
 
 
 @dataclass
@@ -113,6 +115,11 @@ class MinimalDeviceService(pb_grpc.DeviceServiceServicer):
     def Heartbeat(self, request, context):
         device = self._device(context)
         self.s.heartbeats.append((device, request.status))
+        with self.s.lock:
+            failing = self.s.faults.failing_phase_heartbeats > 0 and request.status != "idle"
+            self.s.faults.failing_phase_heartbeats -= failing
+        if failing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "heartbeat lost")
         return pb.HeartbeatResponse(server_time_unix_ms=0, poll_interval_s=0)
 
     def GetTask(self, request, context):

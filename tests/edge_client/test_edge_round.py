@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pairs_file
+from edge_helpers import write_pairs_file
 from minimal_coordinator import CoordinatorState, MinimalCoordinator, RecordingProxy, Round
 
 from feddetox.adapters import LoraSpec, from_bytes, save_peft
@@ -91,7 +91,7 @@ def test_two_devices_complete_a_round(round_result):
     assert (b.sanitization.pairs_seen, b.sanitization.flagged, b.sanitization.replaced) == (3, 0, 0)
     assert sum(a.sanitization.score_histogram) == 4 and sum(b.sanitization.score_histogram) == 3
     assert a.num_examples == 4 and b.num_examples == 3
-    assert {"loss", "reward_accuracy", "reward_margin"} <= set(a.metrics)
+    assert {"dpo_loss", "reward_accuracy", "reward_margin"} <= set(a.metrics) and "loss" not in a.metrics
     assert "1 flagged, 1 replaced" in "".join(outputs)
 
 
