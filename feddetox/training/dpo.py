@@ -83,10 +83,10 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
             h = hidden[rows].to(cdt)  # (n, H)
-            probs = torch.exp((h @ w.T).float() - lse[rows].unsqueeze(-1))  # (n, V)
             g = grad_out[rows].unsqueeze(-1)  # (n, 1)
-            grad_logits = -probs * g
-            grad_logits.scatter_add_(-1, labels[rows].unsqueeze(-1), g)  # + onehot(label) * g
+            # one (n, V) buffer, rewritten in place: logits -> softmax -> -softmax * g -> + onehot(label) * g
+            grad_logits = (h @ w.T).float().sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g)
+            grad_logits.scatter_add_(-1, labels[rows].unsqueeze(-1), g)
             if grad_hidden is not None:
                 grad_hidden[rows] = (grad_logits.to(cdt) @ w).to(hidden.dtype)
             if grad_weight is not None:

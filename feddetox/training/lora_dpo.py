@@ -7,13 +7,15 @@
     save_peft(folder, result.adapter, spec, "smollm2-135m-instruct")
 
 One copy of the base weights: the reference log-probabilities come from the same model with the adapter
-disabled, computed first and without a graph. Each step batches the chosen and the rejected answers in one
-forward, applies the LM head only to answer positions (in chunks), and can store the frozen base in bf16 and
-recompute activations in the backward pass (the `TrainConfig` knobs).
+disabled, computed first and without a graph. Each step runs the chosen and the rejected answers in one
+forward, each prompt once ahead of both answers (`batches.pack`), applies the LM head only to the states that
+predict answer tokens (in chunks), and can store the frozen base in bf16 and recompute activations in the
+backward pass (the `TrainConfig` knobs; "auto" picks by what the CPU multiplies fast).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -27,11 +29,21 @@ import torch
 from feddetox.adapters import LoraSpec
 from feddetox.data.records import PreferencePair
 from feddetox.errors import ConfigError, DataError
-from feddetox.training.batches import Batch, EncodedPair, collate, encode_pair, pair_order
+from feddetox.training.batches import Batch, EncodedPair, collate, encode_pair, pack, pair_order
 from feddetox.training.config import TrainConfig
 from feddetox.training.dpo import chunked_token_logps, dpo_loss
 from feddetox.training.memory import fix_malloc_threshold, trim
-from feddetox.training.precision import cast_frozen, resolve_compute_dtype, restore_frozen, upcast_frozen
+from feddetox.training.precision import (
+    cast_frozen,
+    frozen_fp32_bytes,
+    resolve_bf16_base,
+    resolve_compute_dtype,
+    restore_frozen,
+    upcast_frozen,
+)
+
+#: reference log-probabilities kept at most for this many pairs (about 100 bytes each)
+REFERENCE_CACHE_PAIRS = 100_000
 
 #: progress(step, total_steps, metrics_so_far) after every optimizer step; True prints a line per step
 Progress = Callable[[int, int, dict[str, float]], None] | bool | None
@@ -50,7 +62,7 @@ class LoraDpoTrainer:
     """Holds one base model wrapped with a LoRA adapter; each `train` call starts from a given adapter.
 
     Raises `ModelNotFoundError` (unknown model) and `ConfigError` (no module matches `lora.target_modules`).
-    After the first `train` with `bf16_base=True` the frozen base stays stored in bf16.
+    After the first `train` that stores the frozen base in bf16 (`bf16_base`), it stays stored in bf16.
     """
 
     ADAPTER = "default"
@@ -82,6 +94,9 @@ class LoraDpoTrainer:
         self._compute: torch.dtype | None = None
         self._precision: tuple[torch.dtype, torch.dtype] | None = None  # (compute, storage) now in place
         self._checkpointing: bool | None = None
+        #: the reference's (chosen, rejected) log-probabilities by pair: the frozen base never changes, so a pair
+        #: seen again (a later epoch, a later round) skips the reference forward; cleared when precision changes
+        self._reference: dict[bytes, tuple[float, float]] = {}
         self._pad_id = self.tokenizer.pad_token_id
         if self._pad_id is None:
             self._pad_id = self.tokenizer.eos_token_id or 0
@@ -139,16 +154,18 @@ class LoraDpoTrainer:
         if cfg.malloc_mmap_threshold_kib:
             fix_malloc_threshold(cfg.malloc_mmap_threshold_kib)
         storage = self._decoder.get_input_embeddings().weight.dtype
-        if cfg.bf16_base and storage != torch.bfloat16:
+        bf16 = resolve_bf16_base(cfg.bf16_base, frozen_fp32_bytes(self.model))
+        if bf16 and storage != torch.bfloat16:
             cast_frozen(self.model, torch.bfloat16)
             storage = torch.bfloat16
-        elif not cfg.bf16_base and storage == torch.bfloat16:
+        elif cfg.bf16_base is False and storage == torch.bfloat16:
             raise ConfigError(
                 "TrainConfig field 'bf16_base' = False, but this trainer's base is already stored in bf16",
                 hint="build a new LoraDpoTrainer with dtype=torch.float32 for a float32 base",
-            )
+            )  # "auto" keeps a base already in bf16: widening it back would not restore its lost bits
         compute = resolve_compute_dtype(cfg.compute_dtype)
         if (compute, storage) != self._precision:
+            self._reference.clear()
             restore_frozen(self.model)
             if compute != storage:
                 upcast_frozen(self.model, compute)
@@ -160,24 +177,39 @@ class LoraDpoTrainer:
 
     # -- log-probabilities -------------------------------------------------------------------------------------
     def _batch_logps(self, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
-        """Summed answer log-probabilities of each row of the batch: (2B,), float32."""
-        out = self._decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        hidden = out.last_hidden_state  # (2B, T, H)
-        targets = batch.answer_mask[:, 1:].bool()  # position t predicts token t + 1
-        rows = torch.arange(hidden.shape[0]).unsqueeze(1).expand_as(targets)[targets]  # (N,)
+        """Summed answer log-probabilities of each sequence of the batch: (2B,), float32."""
+        mask = batch.attention_mask
+        if mask.dim() == 4 and self._lm.config._attn_implementation != "sdpa":
+            # eager attention adds the mask to the scores: 0 where allowed, the dtype's minimum elsewhere
+            mask = torch.zeros(mask.shape, dtype=self._compute).masked_fill(~mask, torch.finfo(self._compute).min)
+        out = self._decoder(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
+        )
+        rows, cols = batch.predictor
         token_logps = chunked_token_logps(
-            hidden[:, :-1][targets],  # (N, H): only positions that predict an answer token
+            out.last_hidden_state[rows, cols],  # (N, H): only the states that predict an answer token
             self._head.weight,
-            batch.input_ids[:, 1:][targets],
+            batch.labels,
             chunk=cfg.lm_head_chunk,
             compute_dtype=self._compute,
         )
-        return torch.zeros(hidden.shape[0], dtype=torch.float32).index_add(0, rows, token_logps)
+        return torch.zeros(2 * batch.num_pairs, dtype=torch.float32).index_add(0, batch.sequence, token_logps)
 
-    def _reference_logps(self, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    def _reference_logps(self, batch: Batch, encoded: Sequence[EncodedPair], cfg: TrainConfig) -> torch.Tensor:
+        """The base's (2B,) log-probabilities, adapter disabled and no graph; from the cache when all are known."""
+        keys = [_pair_key(e) for e in encoded]
+        if all(k in self._reference for k in keys):
+            known = [self._reference[k] for k in keys]
+            return torch.tensor([c for c, _ in known] + [r for _, r in known], dtype=torch.float32)
         self.model.eval()
         with torch.no_grad(), self.model.disable_adapter():
-            return self._batch_logps(batch, cfg)
+            seq = self._batch_logps(batch, cfg)
+        if len(self._reference) >= REFERENCE_CACHE_PAIRS:
+            self._reference.clear()
+        b = batch.num_pairs
+        for i, key in enumerate(keys):
+            self._reference[key] = (float(seq[i]), float(seq[b + i]))
+        return seq
 
     def logps(
         self, pairs: Sequence[PreferencePair], cfg: TrainConfig | None = None, *, adapter: bool = True
@@ -211,14 +243,22 @@ class LoraDpoTrainer:
             "reward_margin": float((cw - rw).mean()),
         }
 
-    def _encode_batch(self, pairs: Sequence[PreferencePair], cfg: TrainConfig, cache: dict[int, EncodedPair]) -> Batch:
+    def _encode(
+        self, pairs: Sequence[PreferencePair], cfg: TrainConfig, cache: dict[int, EncodedPair]
+    ) -> list[EncodedPair]:
         encoded = []
         for pair in pairs:
             key = id(pair)
             if key not in cache:
                 cache[key] = encode_pair(self.tokenizer, pair, cfg.max_prompt_tokens, cfg.max_response_tokens)
             encoded.append(cache[key])
-        return collate(encoded, self._pad_id)
+        return encoded
+
+    def _encode_batch(self, pairs: Sequence[PreferencePair], cfg: TrainConfig, cache: dict[int, EncodedPair]) -> Batch:
+        return self._layout(self._encode(pairs, cfg, cache), cfg)
+
+    def _layout(self, encoded: Sequence[EncodedPair], cfg: TrainConfig) -> Batch:
+        return (pack if cfg.packing else collate)(encoded, self._pad_id)
 
     # -- training ----------------------------------------------------------------------------------------------
     def train(
@@ -233,7 +273,10 @@ class LoraDpoTrainer:
 
         Batches are drawn from seeded permutations of `pairs`, cycling. Metrics: loss (mean over the call),
         first_loss, last_loss, reward_accuracy, reward_margin, chosen_reward, rejected_reward, examples_used,
-        steps, tokens (real, chosen and rejected rows), seconds, tokens_per_s.
+        steps, tokens (real: prompt and answer of the chosen and of the rejected sequences), positions (what
+        the model computed for them: each prompt once when packed, padding included), reference_reused (micro
+        batches whose reference log-probabilities were all known from an earlier call or step), seconds,
+        tokens_per_s.
         """
         if not pairs:
             raise DataError("no preference pairs to train on", field="pairs")
@@ -247,7 +290,7 @@ class LoraDpoTrainer:
         cache: dict[int, EncodedPair] = {}
         sums = {"loss": 0.0, "reward_accuracy": 0.0, "reward_margin": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0}
         step_losses: list[float] = []
-        tokens, micro_batches, began = 0, 0, time.perf_counter()
+        tokens, positions, micro_batches, reused, began = 0, 0, 0, 0, time.perf_counter()
         report = _progress_printer(steps) if progress is True else progress or None
 
         for step in range(steps):
@@ -255,8 +298,10 @@ class LoraDpoTrainer:
             step_loss = 0.0
             for micro in range(cfg.grad_accumulation):
                 first = (step * cfg.grad_accumulation + micro) * cfg.batch_size
-                batch = self._encode_batch([pairs[i] for i in order[first : first + cfg.batch_size]], cfg, cache)
-                ref = self._reference_logps(batch, cfg)  # (2B,), no graph
+                encoded = self._encode([pairs[i] for i in order[first : first + cfg.batch_size]], cfg, cache)
+                batch = self._layout(encoded, cfg)
+                reused += all(_pair_key(e) in self._reference for e in encoded)
+                ref = self._reference_logps(batch, encoded, cfg)  # (2B,), no graph
                 self.model.train()
                 policy = self._batch_logps(batch, cfg)  # (2B,)
                 b = batch.num_pairs
@@ -268,6 +313,7 @@ class LoraDpoTrainer:
                 sums["chosen_reward"] += float(chosen_r.mean())
                 sums["rejected_reward"] += float(rejected_r.mean())
                 tokens += batch.real_tokens
+                positions += batch.positions
                 micro_batches += 1
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -288,6 +334,8 @@ class LoraDpoTrainer:
             examples_used=float(used),
             steps=float(steps),
             tokens=float(tokens),
+            positions=float(positions),
+            reference_reused=float(reused),
             seconds=seconds,
             tokens_per_s=tokens / seconds if seconds > 0 else math.inf,
         )
@@ -295,6 +343,15 @@ class LoraDpoTrainer:
         del optimizer
         trim()
         return TrainResult(self.adapter_state(), metrics, num_examples=min(used, len(pairs)))
+
+
+def _pair_key(pair: EncodedPair) -> bytes:
+    """A short digest of a pair's token ids: the reference cache's key."""
+    digest = hashlib.blake2b(digest_size=16)
+    for ids in (pair.prompt, pair.chosen, pair.rejected):
+        digest.update(len(ids).to_bytes(4, "little"))
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return digest.digest()
 
 
 def _checkpointing(model: Any, on: bool) -> None:

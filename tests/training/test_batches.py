@@ -6,7 +6,7 @@ import pytest
 
 from feddetox.data.records import PreferencePair
 from feddetox.errors import DataError
-from feddetox.training.batches import collate, encode_pair, format_turns, pair_order
+from feddetox.training.batches import EncodedPair, _rows_of, collate, encode_pair, format_turns, pack, pair_order
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,61 @@ def test_collate_puts_chosen_then_rejected_rows_with_an_answer_mask(tokenizer):
         assert ids == list(answer)
         assert int(batch.attention_mask[row].sum()) == len(enc.prompt) + len(answer)
     assert batch.real_tokens == int(batch.attention_mask.sum())
+
+
+def _targets(batch):
+    """{sequence: [(label, predictor's token id)]} in position order, for comparing layouts."""
+    rows, cols = batch.predictor
+    out = {}
+    for r, c, label, seq in zip(
+        rows.tolist(), cols.tolist(), batch.labels.tolist(), batch.sequence.tolist(), strict=True
+    ):
+        out.setdefault(seq, []).append((label, int(batch.input_ids[r, c])))
+    return out
+
+
+def test_pack_predicts_the_same_tokens_from_the_same_contexts_as_collate():
+    pairs = [
+        EncodedPair((1, 2, 3), (10, 11, 12, 13), (20, 21)),
+        EncodedPair((4, 5), (30,), (40, 41, 42)),
+        EncodedPair((6,), (50, 51), (60,)),
+    ]
+    padded, packed = collate(pairs, pad_id=0), pack(pairs, pad_id=0)
+    assert packed.num_pairs == padded.num_pairs == 3
+    assert (
+        packed.real_tokens
+        == padded.real_tokens
+        == sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)
+    )
+    assert _targets(packed) == _targets(padded)  # every answer token, predicted by the same previous token
+    assert packed.positions < padded.positions  # each prompt once, little padding
+    # rows as long as the longest segment (9 tokens); the 6 and the 4 do not fit together
+    assert packed.input_ids.shape == (3, 9) and padded.input_ids.shape == (6, 7)
+
+
+def test_pack_lets_the_rejected_answer_see_its_prompt_but_not_the_chosen_answer():
+    pairs = [EncodedPair((1, 2), (10, 11), (20, 21, 22)), EncodedPair((3,), (30,), (40,))]
+    batch = pack(pairs, pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 10, 11, 20, 21, 22], [3, 30, 40, 0, 0, 0, 0]]
+    assert batch.position_ids.tolist()[0] == [0, 1, 2, 3, 2, 3, 4]  # the rejected answer continues the prompt
+    assert batch.position_ids.tolist()[1][:3] == [0, 1, 1]
+    mask = batch.attention_mask[0, 0].int().tolist()
+    assert mask[3] == [1, 1, 1, 1, 0, 0, 0]  # chosen: prompt + chosen so far
+    assert mask[5] == [1, 1, 0, 0, 1, 1, 0]  # rejected: prompt + rejected so far, never the chosen answer
+    pad = batch.attention_mask[1, 0].int()
+    assert pad[3].tolist() == [0, 0, 0, 1, 0, 0, 0]  # padding sees itself only
+    assert pad[:3, 3:].sum() == 0  # and nothing real sees padding
+    # the rejected answer's first token is predicted by the prompt's last state, not by the chosen answer's
+    rows, cols = batch.predictor
+    first_rejected = [
+        (r, c) for r, c, s in zip(rows.tolist(), cols.tolist(), batch.sequence.tolist(), strict=True) if s == 2
+    ]
+    assert first_rejected[0] == (0, 1)
+
+
+def test_pack_rows_first_fit_longest_first():
+    assert _rows_of([5, 3, 2, 4, 1]) == [[0], [3, 4], [1, 2]]
+    assert _rows_of([7]) == [[0]]
 
 
 def test_an_empty_answer_is_an_error_naming_the_field(tokenizer):

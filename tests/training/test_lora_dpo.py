@@ -10,6 +10,7 @@ from feddetox.adapters import LoraSpec, save_peft
 from feddetox.data.records import PreferencePair
 from feddetox.errors import DataError
 from feddetox.training import LoraDpoTrainer, TrainConfig, sequence_logps
+from feddetox.training.batches import collate, encode_pair
 
 torch.set_num_threads(1)
 
@@ -21,6 +22,13 @@ PAIRS = [
     for i in range(6)
 ]
 FP32 = {"bf16_base": False, "compute_dtype": "float32"}
+
+
+def padded(trainer, pairs, cfg=None):
+    """The pairs as plain padded rows (chosen rows, then rejected rows), for a full forward of the model."""
+    cfg = cfg or TrainConfig()
+    encoded = [encode_pair(trainer.tokenizer, p, cfg.max_prompt_tokens, cfg.max_response_tokens) for p in pairs]
+    return collate(encoded, trainer._pad_id)
 
 
 @pytest.fixture()
@@ -43,15 +51,34 @@ def test_init_adapter_is_peft_init_with_peft_keys(trainer):
     assert any(not np.array_equal(adapter[k], other[k]) for k in adapter if "lora_A" in k)
 
 
-def test_logps_sum_only_answer_tokens_like_a_full_forward(trainer):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("packing", [True, False])
+def test_logps_sum_only_answer_tokens_like_a_full_forward(trainer, packing, attention):
+    trainer._lm.set_attn_implementation(attention)  # the packed mask is bool for sdpa, additive for eager
     trainer.load_adapter(trainer.init_adapter(0))
-    cfg = TrainConfig(**FP32, lm_head_chunk=3)
-    chosen, rejected = trainer.logps(PAIRS[:2], cfg)
-    batch = trainer._encode_batch(PAIRS[:2], cfg, {})
+    cfg = TrainConfig(**FP32, lm_head_chunk=3, packing=packing)
+    pairs = PAIRS[:2] + [PreferencePair("Hi", "A much longer answer than the other one, by far.", "No")]
+    chosen, rejected = trainer.logps(pairs, cfg)
+    batch = padded(trainer, pairs, cfg)
     with torch.no_grad():
         logits = trainer.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     full = sequence_logps(logits[:, :-1], batch.input_ids[:, 1:], batch.answer_mask[:, 1:])
     np.testing.assert_allclose(np.concatenate([chosen, rejected]), full.numpy(), rtol=1e-4)
+
+
+def test_packed_and_padded_steps_train_the_same_adapter(tiny_llama_path):
+    results = [
+        LoraDpoTrainer(str(tiny_llama_path), SPEC).train(
+            PAIRS, None, TrainConfig(local_steps=2, learning_rate=1e-2, batch_size=3, packing=packing, **FP32)
+        )
+        for packing in (True, False)
+    ]
+    packed, plain = results
+    assert packed.metrics["tokens"] == plain.metrics["tokens"]
+    assert packed.metrics["positions"] < plain.metrics["positions"]
+    assert packed.metrics["loss"] == pytest.approx(plain.metrics["loss"], abs=1e-5)
+    for key in plain.adapter:  # Adam's first steps move each weight by about lr (1e-2): 1e-4 is rounding
+        np.testing.assert_allclose(packed.adapter[key], plain.adapter[key], atol=1e-4)
 
 
 def test_reference_is_the_base_with_the_adapter_disabled(trainer, tiny_llama_path):
@@ -64,7 +91,7 @@ def test_reference_is_the_base_with_the_adapter_disabled(trainer, tiny_llama_pat
     with_adapter = trainer.logps(PAIRS[:2], cfg)[0]
     reference = trainer.logps(PAIRS[:2], cfg, adapter=False)[0]
     base, _ = load_causal_lm(tiny_llama_path)
-    batch = trainer._encode_batch(PAIRS[:2], cfg, {})
+    batch = padded(trainer, PAIRS[:2], cfg)
     with torch.no_grad():
         logits = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     plain = sequence_logps(logits[:, :-1], batch.input_ids[:, 1:], batch.answer_mask[:, 1:])[:2]
@@ -119,7 +146,7 @@ def test_adapter_round_trips_through_peft_format(trainer, tiny_llama_path, tmp_p
     folder = save_peft(tmp_path / "adapter", result.adapter, SPEC, str(tiny_llama_path))
     base, _ = load_causal_lm(tiny_llama_path)
     loaded = PeftModel.from_pretrained(base, folder)
-    batch = trainer._encode_batch(PAIRS[:2], TrainConfig(), {})
+    batch = padded(trainer, PAIRS[:2])
     with torch.no_grad():
         ours = trainer.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         theirs = loaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -130,8 +157,8 @@ def test_bf16_base_step_is_close_to_the_fp32_step(tiny_llama_path):
     results = {}
     for name, knobs in {
         "fp32": dict(FP32, gradient_checkpointing=False, lm_head_chunk=0),
-        "bf16-store": {"compute_dtype": "float32"},
-        "bf16-compute": {"compute_dtype": "bfloat16"},
+        "bf16-store": {"bf16_base": True, "compute_dtype": "float32"},
+        "bf16-compute": {"bf16_base": True, "compute_dtype": "bfloat16"},
     }.items():
         trainer = LoraDpoTrainer(str(tiny_llama_path), SPEC)
         results[name] = trainer.train(PAIRS, None, TrainConfig(local_steps=3, learning_rate=1e-2, **knobs))
@@ -161,9 +188,35 @@ def test_wrong_start_adapter_is_an_error_naming_the_key(trainer):
 
 def test_switching_to_a_bf16_base_keeps_the_chosen_arithmetic(trainer):
     trainer.train(PAIRS, None, TrainConfig(local_steps=1, **FP32))
-    trainer.train(PAIRS, None, TrainConfig(local_steps=1, compute_dtype="float32"))  # base now stored in bf16
-    batch = trainer._encode_batch(PAIRS[:1], TrainConfig(), {})
+    trainer.train(PAIRS, None, TrainConfig(local_steps=1, bf16_base=True, compute_dtype="float32"))  # now bf16
+    batch = padded(trainer, PAIRS[:1])
     with torch.no_grad():
         hidden = trainer._decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     assert hidden.dtype == torch.float32
     assert trainer._decoder.get_input_embeddings().weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_auto_stores_the_base_in_bf16_only_where_the_cpu_multiplies_bf16(trainer, monkeypatch, fast_bf16):
+    from feddetox.training import precision
+
+    monkeypatch.setattr(precision, "fast_bf16_matmul", lambda: fast_bf16)
+    trainer.train(PAIRS, None, TrainConfig(local_steps=1))
+    expected = torch.bfloat16 if fast_bf16 else torch.float32
+    assert trainer._decoder.get_input_embeddings().weight.dtype == expected
+    assert trainer._compute == expected
+
+
+def test_reference_log_probs_are_computed_once_per_pair(trainer):
+    from feddetox.training.lora_dpo import _pair_key
+
+    cfg = TrainConfig(local_steps=3, batch_size=2, learning_rate=1e-2, **FP32)
+    first = trainer.train(PAIRS[:2], None, cfg)
+    assert first.metrics["reference_reused"] == 2  # steps 2 and 3 draw the same two pairs again
+    ref_chosen, ref_rejected = trainer.logps(PAIRS[:2], cfg, adapter=False)
+    cached = [trainer._reference[_pair_key(e)] for e in trainer._encode(PAIRS[:2], cfg, {})]
+    np.testing.assert_allclose([c for c, _ in cached], ref_chosen, rtol=1e-5)
+    np.testing.assert_allclose([r for _, r in cached], ref_rejected, rtol=1e-5)
+    again = trainer.train(PAIRS[:2], None, cfg)  # a later round on the same local pairs
+    assert again.metrics["reference_reused"] == 3
+    assert all(np.array_equal(again.adapter[k], first.adapter[k]) for k in first.adapter)
