@@ -16,7 +16,7 @@ from typing import Any
 from feddetox.errors import ConfigError
 
 #: the arithmetic of the frozen base's matrix multiplies: "auto" = bf16 where the CPU multiplies bf16 in
-#: hardware (AMX, AVX512-BF16, ARM BF16), else float32 (the weights stay stored in bf16 either way)
+#: hardware (AMX, AVX512-BF16, ARM BF16), else float32
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -42,7 +42,7 @@ class TrainConfig:
     max_prompt_tokens: int = 128
     max_response_tokens: int = 128
     seed: int = 0
-    bf16_base: bool = True
+    bf16_base: bool | str = "auto"
     gradient_checkpointing: bool = True
     lm_head_chunk: int = 128
     epochs: float | None = None
@@ -50,6 +50,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     compute_dtype: str = "auto"
     malloc_mmap_threshold_kib: int = 128
+    packing: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -70,9 +71,11 @@ class TrainConfig:
         kib = self.malloc_mmap_threshold_kib
         if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
             raise bad("malloc_mmap_threshold_kib", "must be an integer >= 0 (0 = leave malloc as it is)")
-        for name in ("bf16_base", "gradient_checkpointing"):
+        for name in ("gradient_checkpointing", "packing"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        if not isinstance(self.bf16_base, bool) and self.bf16_base != "auto":
+            raise bad("bf16_base", 'must be true, false or "auto"')
         if self.epochs is not None and (
             not isinstance(self.epochs, (int, float)) or not math.isfinite(self.epochs) or self.epochs <= 0
         ):

@@ -1,10 +1,11 @@
 """Where the frozen base's weights live (bf16 or fp32) and in which arithmetic its matmuls run.
 
-Storing the frozen base in bf16 halves its memory on every board. Whether to multiply in bf16 too depends on
-the CPU: with AMX, AVX512-BF16 or ARM's BF16 extension bf16 matmuls are several times faster than fp32;
-without them (AVX2-only x86, older ARM cores) PyTorch emulates bf16 and it is far slower than fp32. There the
-frozen weights stay stored in bf16 and are widened to fp32 one layer at a time, inside the matmul
-(`upcast_frozen`); nothing fp32 of them is kept for the backward pass.
+With AMX, AVX512-BF16 or ARM's BF16 extension bf16 matmuls are several times faster than fp32: there the
+frozen base is stored and multiplied in bf16. Without them (AVX2-only x86, older ARM cores) PyTorch emulates
+bf16 and it is tens of times slower than fp32: there "auto" keeps the base in fp32 while it fits
+(`FP32_BASE_LIMIT_BYTES`); a base stored in bf16 on such a CPU (to halve its memory) is widened to fp32 one
+layer at a time, inside the matmul (`upcast_frozen`), and nothing fp32 of it is kept for the backward pass.
+Whether the CPU has bf16 units is read once from its feature flags (`/proc/cpuinfo`), not timed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,27 @@ def fast_bf16_matmul() -> bool:
         return platform.system() == "Darwin" and platform.machine() == "arm64"  # Apple M2 and later have BF16
     words = set(text.split())
     return bool(words & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+#: "auto" keeps the frozen base in fp32 on a CPU without bf16 units only while its weights take at most this
+#: much (1 GiB: SmolLM2-135M takes 0.54 GB), so that a step stays inside a 1.6 GB budget; larger bases go bf16
+FP32_BASE_LIMIT_BYTES = 1 << 30
+
+
+def resolve_bf16_base(setting: bool | str, fp32_bytes: int) -> bool:
+    """Whether to store the frozen base in bf16: as set, or for "auto" where the CPU multiplies bf16 in
+    hardware or where the fp32 weights (`fp32_bytes`) would exceed `FP32_BASE_LIMIT_BYTES`.
+
+    Without bf16 units an fp32 base is the faster one: a bf16 base must be widened to fp32 in every matmul.
+    """
+    if setting == "auto":
+        return fast_bf16_matmul() or fp32_bytes > FP32_BASE_LIMIT_BYTES
+    return bool(setting)
+
+
+def frozen_fp32_bytes(model: nn.Module) -> int:
+    """Bytes the frozen floating-point parameters take in fp32 (tied weights once)."""
+    return 4 * sum(p.numel() for p in model.parameters() if not p.requires_grad and p.is_floating_point())
 
 
 def resolve_compute_dtype(name: str) -> torch.dtype:

@@ -18,7 +18,8 @@ def test_defaults_are_the_documented_ones():
         1,
     )
     assert (cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.seed) == (128, 128, 0)
-    assert cfg.bf16_base and cfg.gradient_checkpointing and cfg.lm_head_chunk == 128
+    assert cfg.bf16_base == "auto" and cfg.compute_dtype == "auto" and cfg.packing
+    assert cfg.gradient_checkpointing and cfg.lm_head_chunk == 128
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,9 @@ def test_defaults_are_the_documented_ones():
         ("seed", -1),
         ("lm_head_chunk", -1),
         ("bf16_base", "yes"),
+        ("bf16_base", 1),
+        ("packing", "no"),
+        ("gradient_checkpointing", None),
         ("epochs", 0),
         ("max_grad_norm", 0.0),
         ("compute_dtype", "float16"),
