@@ -1,18 +1,20 @@
 """The local LoRA-DPO step against TRL's DPOTrainer: tokens/s, peak memory, achieved FLOP/s.
 
     python bench/dpo_step.py                     # writes bench/results/dpo_step.json and dpo_step.png
-    python bench/dpo_step.py --steps 3 --trl-default-timeout 600 --knobs
+    python bench/dpo_step.py --steps 5 --trl-default-timeout 900 --knobs
 
 Same model (SmolLM2-135M-Instruct, after `feddetox models pull smollm2-135m-instruct`), LoRA (r=16, alpha 32,
 on q/k/v/o/gate/up/down), batch (2 pairs), lengths (prompt 128, answer 128 tokens) and data (the first
 UltraFeedback train pairs) for every variant, each in a fresh process:
 
-- `ours`: `LoraDpoTrainer` with its knobs: frozen base stored in bf16 (multiplied in bf16 where the CPU has
-  bf16 units, else widened to fp32 inside each matmul), gradient checkpointing, LM head over answer positions
-  only, 128 at a time;
-- `ours_no_knobs`: the same step in plain fp32, no checkpointing, LM head over all answer positions at once,
-  malloc left as it is;
-- `--knobs` adds one variant per knob turned off alone (and bf16 arithmetic where the CPU lacks bf16 units);
+- `ours`: `LoraDpoTrainer` with `TrainConfig`'s defaults, what a device runs: the frozen base in fp32 where
+  the CPU has no bf16 units and the fp32 base fits (else stored, and where the CPU allows multiplied, in bf16),
+  each prompt computed once ahead of both answers (packed rows), gradient checkpointing, the LM head over
+  answer-predicting positions only, 128 at a time;
+- `ours_no_knobs`: the same step in plain fp32, padded rows, no checkpointing, the LM head over all answer
+  positions at once, malloc left as it is;
+- `--knobs` adds one variant per knob turned away from the default alone (bf16 arithmetic only where the CPU
+  has bf16 units);
 - `trl_default`: TRL's `DPOTrainer` with its default `DPOConfig` (bf16 autocast, gradient checkpointing;
   `use_cpu=True` because TRL refuses bf16 without it on a CPU). It runs under a time limit: where it finishes
   no step in that time, its tokens/s is an upper bound (at most 4 x 256 tokens in the step it was in);
@@ -56,45 +58,73 @@ RANK, ALPHA = 16, 32.0
 BATCH, MAX_PROMPT, MAX_ANSWER = 2, 128, 128
 LEARNING_RATE, BETA = 5e-4, 0.1
 
-OURS_KNOBS = {
-    "bf16_base": True,
-    "gradient_checkpointing": True,
-    "lm_head_chunk": 128,
-    "compute_dtype": "auto",
-    "malloc_mmap_threshold_kib": 128,
+#: the knobs of `ours_no_knobs`: plain fp32, padded rows, activations kept, the LM head at once, malloc as is
+NO_KNOBS = {
+    "bf16_base": False,
+    "compute_dtype": "float32",
+    "gradient_checkpointing": False,
+    "lm_head_chunk": 0,
+    "malloc_mmap_threshold_kib": 0,
+    "packing": False,
 }
 VARIANTS: dict[str, dict[str, Any]] = {
-    "ours": {"kind": "ours", "dtype": "bfloat16", "cfg": OURS_KNOBS},
-    "ours_no_knobs": {
-        "kind": "ours",
-        "dtype": "float32",
-        "cfg": {
-            "bf16_base": False,
-            "gradient_checkpointing": False,
-            "lm_head_chunk": 0,
-            "compute_dtype": "float32",
-            "malloc_mmap_threshold_kib": 0,
-        },
-    },
-    "ours_fp32_base": {"kind": "ours", "dtype": "float32", "cfg": {**OURS_KNOBS, "bf16_base": False}},
-    "ours_no_checkpointing": {
-        "kind": "ours",
-        "dtype": "bfloat16",
-        "cfg": {**OURS_KNOBS, "gradient_checkpointing": False},
-    },
-    "ours_lm_head_at_once": {"kind": "ours", "dtype": "bfloat16", "cfg": {**OURS_KNOBS, "lm_head_chunk": 0}},
-    "ours_default_malloc": {"kind": "ours", "dtype": "bfloat16", "cfg": {**OURS_KNOBS, "malloc_mmap_threshold_kib": 0}},
-    "ours_bf16_arithmetic": {"kind": "ours", "dtype": "bfloat16", "cfg": {**OURS_KNOBS, "compute_dtype": "bfloat16"}},
+    "ours": {"kind": "ours", "cfg": {}},  # TrainConfig's defaults: what a device runs
+    "ours_no_knobs": {"kind": "ours", "cfg": NO_KNOBS},
+    # one knob turned away from the default at a time
+    "ours_bf16_base": {"kind": "ours", "cfg": {"bf16_base": True, "compute_dtype": "float32"}},
+    "ours_bf16_arithmetic": {"kind": "ours", "cfg": {"bf16_base": True, "compute_dtype": "bfloat16"}},
+    "ours_fp32_base": {"kind": "ours", "cfg": {"bf16_base": False, "compute_dtype": "float32"}},
+    "ours_no_checkpointing": {"kind": "ours", "cfg": {"gradient_checkpointing": False}},
+    "ours_checkpointing": {"kind": "ours", "cfg": {"gradient_checkpointing": True}},
+    "ours_lm_head_at_once": {"kind": "ours", "cfg": {"lm_head_chunk": 0}},
+    "ours_padded": {"kind": "ours", "cfg": {"packing": False}},
+    "ours_malloc_default": {"kind": "ours", "cfg": {"malloc_mmap_threshold_kib": 0}},
+    "ours_malloc_128k": {"kind": "ours", "cfg": {"malloc_mmap_threshold_kib": 128}},
+    "ours_malloc_1m": {"kind": "ours", "cfg": {"malloc_mmap_threshold_kib": 1024}},
     "trl_default": {"kind": "trl", "bf16": True},
     "trl_fp32": {"kind": "trl", "bf16": False},
 }
+
+
+#: what `--knobs` adds, each run only where it differs from `ours` on this CPU (ours_malloc_1m: only with --only)
 KNOB_VARIANTS = (
+    "ours_bf16_base",
+    "ours_bf16_arithmetic",
     "ours_fp32_base",
     "ours_no_checkpointing",
+    "ours_checkpointing",
     "ours_lm_head_at_once",
-    "ours_default_malloc",
-    "ours_bf16_arithmetic",
+    "ours_padded",
+    "ours_malloc_default",
+    "ours_malloc_128k",
 )
+
+
+def _effective(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A variant's settings with the "auto" choices resolved as this CPU resolves them (for a 135M base)."""
+    from feddetox.training import TrainConfig
+    from feddetox.training.precision import resolve_bf16_base, resolve_compute_dtype
+
+    full = TrainConfig(**cfg).to_dict()
+    full["bf16_base"] = resolve_bf16_base(full["bf16_base"], 0)
+    full["compute_dtype"] = str(resolve_compute_dtype(full["compute_dtype"]))
+    return full
+
+
+def knob_variants() -> list[str]:
+    """The variants of KNOB_VARIANTS that run a different step from `ours` here, and in a sensible time."""
+    from feddetox.training.precision import fast_bf16_matmul
+
+    default = _effective({})
+    names = []
+    for name in KNOB_VARIANTS:
+        changed = {k: v for k, v in _effective(VARIANTS[name]["cfg"]).items() if default[k] != v}
+        if not changed:
+            continue  # the same step as `ours` on this CPU
+        if changed.get("compute_dtype") == "torch.bfloat16" and not fast_bf16_matmul():
+            continue  # emulated bf16: far beyond any time limit on such a CPU
+        names.append(name)
+    return names
 
 
 # -- inside one variant's process ------------------------------------------------------------------------------
@@ -140,15 +170,12 @@ def _non_embedding_params(model) -> int:
 
 
 def run_ours(spec: dict[str, Any], steps: int, num_pairs: int, rec: Recorder) -> None:
-    import torch
-
     from feddetox.adapters import LoraSpec
     from feddetox.training import LoraDpoTrainer, TrainConfig
     from feddetox.training.precision import resolve_compute_dtype
 
     pairs = _pairs(num_pairs)
-    dtype = getattr(torch, spec["dtype"])
-    trainer = LoraDpoTrainer(MODEL, LoraSpec(r=RANK, alpha=ALPHA, target_modules=TARGETS), dtype=dtype)
+    trainer = LoraDpoTrainer(MODEL, LoraSpec(r=RANK, alpha=ALPHA, target_modules=TARGETS))
     base = trainer.model.get_base_model()
     cfg = TrainConfig(
         beta=BETA, learning_rate=LEARNING_RATE, local_steps=steps, batch_size=BATCH,
@@ -183,6 +210,8 @@ def run_ours(spec: dict[str, Any], steps: int, num_pairs: int, rec: Recorder) ->
         tokens=int(result.metrics["tokens"]),
         seconds=round(result.metrics["seconds"], 3),
         tokens_per_s=round(result.metrics["tokens_per_s"], 3),
+        positions=int(result.metrics["positions"]),
+        base_dtype=str(base.get_input_embeddings().weight.dtype).replace("torch.", ""),
         losses=losses,
         metrics=result.metrics,
     )
@@ -287,12 +316,13 @@ def matmul_rate(dtype_name: str, n: int, threads: int, min_seconds: float = 2.0)
     return 2 * n**3 * count / (time.perf_counter() - began)
 
 
-def run_variant(name: str, args: argparse.Namespace, timeout: float | None) -> dict[str, Any]:
+def run_variant(name: str, args: argparse.Namespace, timeout: float | None, steps: int) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="dpo-step-")) / f"{name}.json"
-    cmd = [sys.executable, __file__, "--variant", name, "--steps", str(args.steps), "--pairs", str(args.pairs)]
+    cmd = [sys.executable, __file__, "--variant", name, "--steps", str(steps), "--pairs", str(args.pairs)]
     cmd += ["--threads", str(args.threads), "--variant-out", str(out), "--model", MODEL]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     print(f"[{name}] starting" + (f" (time limit {timeout:.0f} s)" if timeout else ""), file=sys.stderr, flush=True)
+    load_before = load_average()
     began = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     try:
@@ -303,6 +333,7 @@ def run_variant(name: str, args: argparse.Namespace, timeout: float | None) -> d
         rc = "timeout"
     data = json.loads(out.read_text()) if out.exists() else {"variant": name, "status": "no output"}
     data["exit"], data["wall_s"] = rc, round(time.perf_counter() - began, 1)
+    data["load_before"], data["load_after"] = load_before, load_average()
     if rc == "timeout":
         data["status"] = "timeout"
     print(f"[{name}] {data['status']} after {data['wall_s']} s", file=sys.stderr, flush=True)
@@ -328,13 +359,20 @@ def summarize(data: dict[str, Any], limit: float | None) -> dict[str, Any]:
         "non_embedding_params": data.get("non_embedding_params"),
         "trainable_params": data.get("trainable_params"),
         "compute_dtype": data.get("compute_dtype"),
+        "base_dtype": data.get("base_dtype"),
+        "positions": data.get("positions"),
         "config": data.get("config"),
         "wall_s": data.get("wall_s"),
+        "load_before": data.get("load_before"),
+        "load_after": data.get("load_after"),
     }
     if steps:
         tokens, seconds = sum(s["tokens"] for s in steps), sum(s["seconds"] for s in steps)
         row.update(tokens=tokens, seconds=round(seconds, 3), tokens_per_s=round(tokens / seconds, 3))
         row["tokens_per_s_bound"] = None
+        if len(steps) > 1:
+            warm = steps[1:]
+            row["tokens_per_s_warm"] = round(sum(s["tokens"] for s in warm) / sum(s["seconds"] for s in warm), 3)
     else:
         row.update(tokens=0, seconds=None, tokens_per_s=None)
         # no step finished within the limit: at most one step of 2 pairs x 2 rows x 256 tokens was in flight,
@@ -392,30 +430,60 @@ def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, load_befor
         "flops_fraction_of_bf16_peak": Goal(ours.get("fraction_of_bf16_peak"), 0.10, ">="),
     }
     notes = [
-        "FLOP/s = 6 x non-embedding parameters x real tokens / s (ignores attention, the LM head and the "
-        "recomputation of gradient checkpointing); peaks are torch.mm of two n x n matrices.",
+        "FLOP/s = 6 x non-embedding parameters x real tokens / s, as the issue defines it (ignores attention, the "
+        "LM head, the recomputation of gradient checkpointing, and that a frozen base needs no weight gradients); "
+        "peaks are torch.mm of two n x n matrices.",
+        "Real tokens are the prompt and answer tokens of the chosen and of the rejected sequence of each pair, no "
+        "padding, for every variant (TRL's own num_tokens for TRL). 'positions' is what our step computed for them: "
+        "packed (the default), each prompt once ahead of both answers and little padding, so fewer positions than "
+        "real tokens; padded, every row padded to the longest.",
         "peak_rss_gb is the whole process's peak (VmHWM), model loading included; train_peak_rss_gb restarts "
         "the count after loading.",
-        "tokens/s sums every step, the first (warm-up) included, for every variant alike.",
+        "tokens/s sums every step, the first (warm-up) included, for every variant alike; tokens_per_s_warm leaves "
+        "the first step out.",
         "TRL gets the same pairs cut to the same token budget (decoded text of our truncated ids; it adds an EOS "
         "token to each answer) and draws its own seeded order.",
     ]
-    if trl and trl.get("tokens_per_s") is None:
+    if trl and trl.get("tokens_per_s") is None and trl.get("status") == "timeout":
         notes.append(
             f"trl_default finished no step within {args.trl_default_timeout:.0f} s; its tokens/s is an upper "
             "bound (a whole step of 4 x 256 tokens in the time it ran), so throughput_ratio_vs_trl is a lower bound "
             "and its peak RSS is the peak up to the moment it was stopped."
         )
     if not fast_bf16_matmul():
+        slower = peaks["float32"] / peaks["bfloat16"]
+        fp32_fraction = ours.get("fraction_of_fp32_peak")
         notes.append(
-            "This CPU has no bf16 arithmetic units (no AMX / AVX512-BF16): bf16 matmuls are emulated and far "
-            "slower than fp32, so 'ours' keeps the frozen base stored in bf16 but multiplies in fp32 "
-            "(compute_dtype auto), and flops_fraction_of_bf16_peak compares with a slow emulated rate; "
-            "fraction_of_fp32_peak is the meaningful figure here."
+            "This CPU has no bf16 arithmetic units (no AMX, AVX512-BF16 or ARM BF16 in /proc/cpuinfo, which is how "
+            f"'auto' decides): bf16 matmuls are emulated, {slower:.0f}x slower than fp32 here. 'ours' therefore "
+            f"keeps the frozen base in {ours.get('base_dtype')} and multiplies in {ours.get('compute_dtype')}. "
+            "flops_fraction_of_bf16_peak divides by that emulated bf16 rate and is NOT meaningful on this CPU; "
+            f"the meaningful figure is the fraction of the fp32 rate: {fp32_fraction}."
         )
-    if load["shared"]:
-        notes.append(f"The CPU was shared with other work during the run (load average {load['before']} before, "
-                     f"{load['after']} after, {load['cores']} cores): absolute speeds are low and noisy.")  # fmt: skip
+    notes.append(
+        f"Load: 1-minute load average {load['before']} before the run and {load['after']} after, on "
+        f"{load['cores']} cores" + (" (shared with other work: absolute speeds are low and noisy)" if load["shared"]
+        else "") + "; each variant's own load_before / load_after are in its row."
+    )  # fmt: skip
+    base = rows.get("ours", {})
+    for name, row in rows.items():
+        if not (name.startswith("ours_") and row.get("tokens_per_s") and base.get("step_seconds")):
+            continue
+        k = min(len(row["step_seconds"]), len(base["step_seconds"]))  # the same first k batches for both
+        base_speed = sum(base["step_tokens"][:k]) / sum(base["step_seconds"][:k])
+        speed = sum(row["step_tokens"][:k]) / sum(row["step_seconds"][:k])
+        changed = {
+            k_: v
+            for k_, v in (row.get("config") or {}).items()
+            if (base.get("config") or {}).get(k_) != v and k_ != "local_steps"
+        }
+        notes.append(
+            f"{name} ({', '.join(f'{k_}={v}' for k_, v in changed.items())}): {speed:.1f} tokens/s over the first "
+            f"{k} step(s) against {base_speed:.1f} for ours on the same batches ({speed / base_speed:.2f}x); peak RSS "
+            f"{row['peak_rss_gb']:.2f} GB against {base['peak_rss_gb']:.2f} GB; {row.get('positions')} positions "
+            f"computed for {row['tokens']} real tokens."
+        )
+    notes += list(args.note or [])
     figures = {
         "model": MODEL,
         "lora": {"r": RANK, "alpha": ALPHA, "target_modules": list(TARGETS)},
@@ -423,6 +491,7 @@ def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, load_befor
         "max_prompt_tokens": MAX_PROMPT,
         "max_answer_tokens": MAX_ANSWER,
         "steps": args.steps,
+        "knob_steps": args.knob_steps or args.steps,
         "pairs": args.pairs,
         "threads": args.threads,
         "matmul_n": args.matmul_n,
@@ -446,12 +515,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=64, help="UltraFeedback train pairs to draw from (default 64)")
     parser.add_argument("--threads", type=int, default=usable_cores(), help="torch threads (default: all cores)")
     parser.add_argument("--knobs", action="store_true", help="also run one variant per knob turned off alone")
+    parser.add_argument("--knob-steps", type=int, help="optimizer steps of the --knobs variants (default: --steps)")
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="run only these variants")
     parser.add_argument("--trl-default-timeout", type=float, default=300.0, help="seconds for trl_default")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for every other variant")
     parser.add_argument("--matmul-n", type=int, default=1024, help="size of the peak matmul measurement")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--model", default=MODEL, help="registry name or folder (default: %(default)s)")
+    parser.add_argument("--note", action="append", help="a note to add to the result file (repeatable)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--variant-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -459,22 +530,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant:
         return variant_main(args.variant, args.steps, args.pairs, args.variant_out, args.threads)
 
-    from feddetox.training.precision import fast_bf16_matmul
-
     command = " ".join(["python bench/dpo_step.py", *(sys.argv[1:] if argv is None else argv)])
     load_before = load_average()
     peaks = {dtype: matmul_rate(dtype, args.matmul_n, args.threads) for dtype in ("bfloat16", "float32")}
     rates = ", ".join(f"{k} {v / 1e9:.2f} GFLOP/s" for k, v in peaks.items())
     print(f"matmul {args.matmul_n}: {rates}", file=sys.stderr)
 
-    names = args.only or ["ours", "ours_no_knobs", "trl_fp32", "trl_default", *(KNOB_VARIANTS if args.knobs else ())]
-    if "ours_bf16_arithmetic" in names and not fast_bf16_matmul() and not args.only:
-        names.remove("ours_bf16_arithmetic")  # emulated bf16: hours per step on such a CPU
+    names = args.only or ["ours", "ours_no_knobs", "trl_fp32", "trl_default", *(knob_variants() if args.knobs else ())]
     rows: dict[str, dict[str, Any]] = {}
     goals: dict[str, Goal] = {}
     for name in names:
         limit = args.trl_default_timeout if name == "trl_default" else args.timeout
-        rows[name] = row = summarize(run_variant(name, args, limit), limit)
+        steps = args.knob_steps if args.knob_steps and name in KNOB_VARIANTS else args.steps
+        rows[name] = row = summarize(run_variant(name, args, limit, steps), limit)
         if row["non_embedding_params"] and row["tokens_per_s"]:
             flops = 6 * row["non_embedding_params"] * row["tokens_per_s"]
             row.update(
