@@ -180,11 +180,27 @@ class Simulation:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, key: str, adapter: dict[str, Any] | None) -> dict[str, Any]:
-        """Metrics of the base model (adapter None) or of an adapter; answers kept in eval/<key>.json."""
+        """Metrics of the base model (adapter None) or of an adapter; answers kept in eval/<key>.json.
+
+        Results are also cached under FEDDETOX_HOME/cache/evals by what decides them (base weights, adapter
+        bytes, evaluation settings, guardian), so that the base model and a cached start adapter are evaluated
+        once per machine, not once per run.
+        """
+        import shutil
+
         from feddetox.evaluation.suite import run_eval, save_eval
+        from feddetox.settings import home_dir
 
         path = self.out / "eval" / f"{key}.json"
         if path.exists():
+            return json.loads(path.read_text())["metrics"]
+        adapter_sha = None if adapter is None else adapters.sha256_bytes(adapters.to_bytes(adapter))
+        version = _cache_key(self.base_sha, adapter_sha, self.eval_cfg.to_json(), self.guardian.bundle_id)
+        cached = home_dir() / "cache" / "evals" / f"{version}.json"
+        if cached.exists():
+            _log(f"evaluation of {key}: cached ({version})")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(cached, path)
             return json.loads(path.read_text())["metrics"]
         _log(f"evaluating {key}")
         model, tokenizer = self.trainer.model, self.trainer.tokenizer
@@ -195,6 +211,7 @@ class Simulation:
             self.trainer.load_adapter(adapter)
             result = run_eval(model, tokenizer, self.eval_cfg, guardian=self.guardian, sets=self.eval_sets)
         save_eval(result, path)
+        save_eval(result, cached)
         return result["metrics"]
 
     # -- conditions ----------------------------------------------------------------------------------------

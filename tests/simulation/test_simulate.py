@@ -93,7 +93,8 @@ def test_table_marks_missing_metrics() -> None:
 def test_start_adapter_is_cached_by_what_makes_it(
     tiny_llama_path: Path, tiny_guardian_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second run with the same settings reuses the cached round-0 adapter; other settings train a new one."""
+    """A second run with the same settings reuses the cached round-0 adapter and its evaluation; other settings
+    train a new one."""
     import numpy as np
 
     from feddetox_cli.simulation.runner import Simulation
@@ -117,7 +118,7 @@ def test_start_adapter_is_cached_by_what_makes_it(
     second = Simulation(from_dict(raw), tmp_path / "b")
     second.prepare()
 
-    def no_training(*args, **kwargs):
+    def no_training(*args, **kwargs):  # also stands in for run_eval below
         raise AssertionError("the cached start adapter should have been reused")
 
     monkeypatch.setattr(second.trainer, "train", no_training)
@@ -125,6 +126,16 @@ def test_start_adapter_is_cached_by_what_makes_it(
     assert set(reused) == set(trained)
     assert all(np.array_equal(reused[k], trained[k]) for k in trained)
     assert (tmp_path / "b" / "start_adapter_metrics.json").exists()
+
+    # an evaluation of the same weights under the same settings is cached too
+    metrics = first.evaluate("start", trained)
+    import feddetox.evaluation.suite as suite
+
+    monkeypatch.setattr(suite, "run_eval", no_training)
+    assert second.evaluate("start", reused) == metrics
+    assert (tmp_path / "b" / "eval" / "start.json").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("FEDDETOX_HOME", str(tmp_path / "home"))
 
     other = Simulation(from_dict({**raw, "start": {"steps": 2, "batch_size": 2}}), tmp_path / "c")
     other.prepare()
