@@ -43,7 +43,7 @@ from server.service.config import parse_run_config
 if TYPE_CHECKING:
     from server.service.context import ServiceContext
 
-#: missing updates read on the request path before an add; a longer gap is left to the scheduler's catch-up
+#: missing updates `added` reads from their blobs before adding; a longer gap is left to the scheduler's catch-up
 INLINE_CATCH_UP = 4
 #: closed rounds remembered, so that a late `added` does not start a sum for a round that is over
 CLOSED_MEMORY = 1024
