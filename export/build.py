@@ -60,6 +60,8 @@ class BuildConfig:
     hard_label_ablation: bool = True
     threads: int = 1
     teacher_max_length: int = 96
+    #: the .pte's word-embedding scheme: int4 (groups of 32) or int8 (per row); see export.pte
+    embedding: str = "int4"
 
 
 def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progress: Callable[[str], None]):
@@ -135,7 +137,8 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
         teacher = _timed(progress, "[2/7] teacher", make_teacher, cfg.teacher, train, cfg, progress)
     progress(f"teacher: {teacher.teacher_id}")
     # stages are resumable: a rerun with the same settings reuses the teacher's scores and the students
-    stamp = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "onnx", "threads")}, default=str)
+    export_only = ("out_dir", "onnx", "threads", "embedding")
+    stamp = json.dumps({k: v for k, v in asdict(cfg).items() if k not in export_only}, default=str)
     stamp += teacher.teacher_id
     if (work / "stamp.txt").is_file() and (work / "stamp.txt").read_text() != stamp:
         for stale in ("teacher_scores.npz", "student-kd", "student-hard"):
@@ -185,11 +188,16 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     progress("[5/7] thresholds at val benign FPR <= " + f"{cfg.target_fpr}: " + json.dumps(thresholds))
 
     threshold = thresholds[kd_name]
-    _timed(
-        progress, "[6/7] export the bundle (.pte int8, .onnx int8)", write_bundle, out_dir, student,
-        minilm_tokenizer_json(), threshold=threshold, teacher_id=teacher_id,
-        student_id=f"{STUDENT}:{resolve(STUDENT).rsplit('/', 1)[-1]}", onnx=cfg.onnx,
+    manifest = _timed(
+        progress, f"[6/7] export the bundle (.pte {cfg.embedding} embedding + int8 linears, .onnx int8)",
+        write_bundle, out_dir, student, minilm_tokenizer_json(), threshold=threshold, teacher_id=teacher_id,
+        student_id=f"{STUDENT}:{resolve(STUDENT).rsplit('/', 1)[-1]}", onnx=cfg.onnx, embedding=cfg.embedding,
     )  # fmt: skip
+    pte_info = manifest.metrics.get("pte", {})
+    progress(
+        f".pte: {pte_info.get('bytes', 0) / 1e6:.1f} MB, {pte_info.get('xnnpack_pieces')} XNNPACK pieces; "
+        f"outside XNNPACK: {json.dumps(pte_info.get('portable_ops'))}"
+    )
 
     guardian = load_guardian(out_dir)
     scores["student .pte int8"] = _timed(progress, "[7/7] .pte scores", guardian.score, pool)
@@ -213,7 +221,9 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
         else None,
         "agreement_pte_vs_eager": agreement(scores["student .pte int8"], threshold, scores[kd_name], threshold),
         "target_fpr": cfg.target_fpr,
-        "build": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        # the build's settings; where the bundle was written is the reader's business, not the bundle's
+        "build": {k: v for k, v in asdict(cfg).items() if k != "out_dir"},
+        "pte": pte_info,
     }
     manifest = load_guardian(out_dir).manifest
     write_manifest(out_dir, replace(manifest, metrics=metrics, bundle_id=""))

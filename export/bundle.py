@@ -40,8 +40,13 @@ def write_bundle(
     metrics: dict[str, Any] | None = None,
     max_length: int = MAX_LENGTH,
     onnx: bool = True,
+    embedding: str = "int4",
 ) -> Manifest:
-    """Export a `BertForSequenceClassification` student into a complete bundle at `out_dir` (replaced)."""
+    """Export a `BertForSequenceClassification` student into a complete bundle at `out_dir` (replaced).
+
+    `embedding` is the `.pte`'s word-embedding scheme (`export.pte.EMBEDDING_SCHEMES`: int4 groups of 32 by
+    default, int8 per row); the program's size and lowering go to `metrics["pte"]` of the manifest.
+    """
     from export.onnx_export import export_onnx
     from export.pte import export_pte
     from export.student_graph import ExportableBert
@@ -55,10 +60,11 @@ def write_bundle(
         raise ModelNotFoundError(f"tokenizer file {tokenizer_json} does not exist")
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_NAME)
     graph = ExportableBert.from_hf(model.eval())
-    log.info("exporting the int8 .pte")
+    log.info("exporting the .pte (%s word embedding, int8 linears)", embedding)
     # one example of max_length tokens per call: dynamic shapes made the lowering 2.5x slower for no gain at
     # the measured operating point (batch 1, 128 tokens)
-    export_pte(graph, out_dir / PROGRAM_NAME, max_length=max_length, dynamic=False)
+    pte = export_pte(graph, out_dir / PROGRAM_NAME, max_length=max_length, dynamic=False, embedding=embedding)
+    metrics = {**(metrics or {}), "pte": pte.to_json()}
     files = {PROGRAM_NAME: {}, TOKENIZER_NAME: {}}
     if onnx:
         log.info("exporting the int8 .onnx")
@@ -75,7 +81,7 @@ def write_bundle(
         static_length=max_length,
         teacher_id=teacher_id,
         student_id=student_id,
-        metrics=dict(metrics or {}),
+        metrics=metrics,
         created=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     )
     return write_manifest(out_dir, manifest)
@@ -122,7 +128,12 @@ def load_classifier(path: str | Path, *, num_labels: int = 2, seed: int = 0):
 
 
 def build_tiny_bundle(
-    out_dir: str | Path, tiny_bert_path: str | Path | None = None, *, threshold: float = 0.5, cache: bool = True
+    out_dir: str | Path,
+    tiny_bert_path: str | Path | None = None,
+    *,
+    threshold: float = 0.5,
+    cache: bool = True,
+    embedding: str = "int4",
 ) -> Path:
     """Export a tiny BERT classifier through the real student's export path into a complete bundle.
 
@@ -135,7 +146,7 @@ def build_tiny_bundle(
     from feddetox.settings import home_dir
 
     out_dir = Path(out_dir)
-    cached = home_dir() / "guardians" / "tiny" / _tiny_key(tiny_bert_path, threshold) if cache else None
+    cached = home_dir() / "guardians" / "tiny" / _tiny_key(tiny_bert_path, threshold, embedding) if cache else None
     if cached is not None and (cached / "manifest.json").is_file():
         _copy_bundle(cached, out_dir)
         return out_dir
@@ -155,6 +166,7 @@ def build_tiny_bundle(
         student_id="tiny-bert",
         metrics={},
         max_length=min(MAX_LENGTH, model.config.max_position_embeddings),
+        embedding=embedding,
     )
     if cached is not None:
         try:
@@ -171,7 +183,7 @@ def _copy_bundle(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
-def _tiny_key(tiny_bert_path: str | Path | None, threshold: float) -> str:
+def _tiny_key(tiny_bert_path: str | Path | None, threshold: float, embedding: str) -> str:
     import hashlib
     from importlib.metadata import version
 
@@ -181,7 +193,7 @@ def _tiny_key(tiny_bert_path: str | Path | None, threshold: float) -> str:
     import export.student_graph
     import feddetox.guardian.manifest
 
-    digest = hashlib.sha256(f"threshold={threshold!r}".encode())
+    digest = hashlib.sha256(f"threshold={threshold!r} embedding={embedding}".encode())
     for pkg in ("torch", "executorch", "torchao", "onnxruntime"):
         digest.update(f"{pkg}={version(pkg)}".encode())
     for module in (export.bundle, export.onnx_export, export.pte, export.student_graph, feddetox.guardian.manifest):

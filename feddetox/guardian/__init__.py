@@ -15,7 +15,7 @@ from feddetox.guardian.manifest import (
     verify_bundle,
     write_manifest,
 )
-from feddetox.guardian.runtime import Guardian, load_guardian, softmax_unsafe
+from feddetox.guardian.runtime import Guardian, load_guardian, runtime_threads, set_runtime_threads, softmax_unsafe
 from feddetox.guardian.teacher import Teacher
 from feddetox.guardian.text import INPUT_NAMES, MAX_LENGTH, TEXT_FORMAT, Encoded, encode, load_tokenizer
 
@@ -36,6 +36,8 @@ __all__ = [
     "load_guardian",
     "load_tokenizer",
     "read_manifest",
+    "runtime_threads",
+    "set_runtime_threads",
     "softmax_unsafe",
     "verify_bundle",
     "write_manifest",

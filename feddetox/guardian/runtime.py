@@ -4,7 +4,10 @@
     p_unsafe = guardian.score([Conversation("How do I ...?", "Sure, ...")])
     unsafe = p_unsafe >= guardian.threshold
 
-`load_guardian` checks every file of the bundle against `manifest.json` before it loads anything.
+`load_guardian` checks every file of the bundle against `manifest.json` before it loads anything. The program
+and its `forward` method are loaded once; a call only tokenizes and executes. `threads=N` sizes the ExecuTorch
+thread pool (XNNPACK's), which is one per process and by default has one thread per core; `torch.set_num_threads`
+does not reach it.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ def softmax_unsafe(logits: np.ndarray, unsafe_index: int = 1) -> np.ndarray:
 class Guardian:
     """A loaded guardian bundle: `score(conversations)` gives p_unsafe; `flag` applies the threshold."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, *, threshold: float | None = None) -> None:
-        import executorch.kernels.quantized  # noqa: F401  registers embedding_byte & co. with the runtime
+    def __init__(
+        self, bundle_dir: Path, manifest: Manifest, *, threshold: float | None = None, threads: int | None = None
+    ) -> None:
+        import executorch.kernels.quantized  # noqa: F401  registers embedding_4bit/_byte & co. with the runtime
         import torch  # the ExecuTorch runtime takes torch tensors
         from executorch.runtime import Runtime, Verification
 
@@ -42,6 +47,8 @@ class Guardian:
         self.threshold = float(manifest.threshold if threshold is None else threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"guardian threshold {self.threshold} is outside [0, 1]")
+        if threads is not None:
+            set_runtime_threads(threads)
         self._tokenizer = load_tokenizer(bundle_dir / TOKENIZER_NAME, max_length=manifest.max_length)
         try:
             program = Runtime.get().load_program(bundle_dir / PROGRAM_NAME, verification=Verification.Minimal)
@@ -80,8 +87,27 @@ class Guardian:
         return f"Guardian(bundle_id={self.bundle_id!r}, threshold={self.threshold:.4f}, dir={str(self.bundle_dir)!r})"
 
 
-def load_guardian(bundle_dir: str | Path, *, threshold: float | None = None) -> Guardian:
-    """Verify a bundle (every file's sha256) and load its `.pte`; `threshold` overrides the calibrated one.
+def set_runtime_threads(threads: int) -> int:
+    """Size the process's ExecuTorch thread pool (XNNPACK runs on it); returns the size it reports after."""
+    from executorch.extension.pybindings import portable_lib
+
+    if int(threads) < 1:
+        raise ConfigError(f"guardian threads must be a positive integer, got {threads!r}")
+    if portable_lib._threadpool_get_thread_count() != int(threads):
+        portable_lib._unsafe_reset_threadpool(int(threads))
+    return runtime_threads()
+
+
+def runtime_threads() -> int:
+    """The number of threads of the process's ExecuTorch thread pool."""
+    from executorch.extension.pybindings import portable_lib
+
+    return int(portable_lib._threadpool_get_thread_count())
+
+
+def load_guardian(bundle_dir: str | Path, *, threshold: float | None = None, threads: int | None = None) -> Guardian:
+    """Verify a bundle (every file's sha256) and load its `.pte`; `threshold` overrides the calibrated one;
+    `threads` sizes the ExecuTorch thread pool (default: left as it is, one thread per core).
 
     Raises `BundleError` naming the file when the bundle is incomplete, corrupt or of another format version.
     """
@@ -92,4 +118,4 @@ def load_guardian(bundle_dir: str | Path, *, threshold: float | None = None) -> 
     for required in (PROGRAM_NAME, TOKENIZER_NAME):
         if required not in manifest.files:
             raise BundleError(f"file {required}: not listed in manifest.json of {bundle_dir}")
-    return Guardian(bundle_dir, manifest, threshold=threshold)
+    return Guardian(bundle_dir, manifest, threshold=threshold, threads=threads)
