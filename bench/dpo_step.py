@@ -197,6 +197,7 @@ def run_ours(spec: dict[str, Any], steps: int, num_pairs: int, rec: Recorder) ->
     def progress(step: int, total: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
         tokens = metrics["tokens"]  # cumulative real tokens so far
+        rec.data["positions"] = int(metrics.get("positions", 0))  # cumulative: known even if a later step times out
         rec.step(now - last["t"], round(tokens - last["tokens"]), round(metrics["loss"], 6))
         last.update(t=now, tokens=tokens)
         losses.append(metrics["loss"])
@@ -492,6 +493,7 @@ def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, load_befor
         "max_answer_tokens": MAX_ANSWER,
         "steps": args.steps,
         "knob_steps": args.knob_steps or args.steps,
+        "trl_default_timeout": args.trl_default_timeout,
         "pairs": args.pairs,
         "threads": args.threads,
         "matmul_n": args.matmul_n,
@@ -523,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--model", default=MODEL, help="registry name or folder (default: %(default)s)")
     parser.add_argument("--note", action="append", help="a note to add to the result file (repeatable)")
+    parser.add_argument("--add-to", type=Path, help="add the --only variants to this earlier result file")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--variant-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -531,17 +534,29 @@ def main(argv: list[str] | None = None) -> int:
         return variant_main(args.variant, args.steps, args.pairs, args.variant_out, args.threads)
 
     command = " ".join(["python bench/dpo_step.py", *(sys.argv[1:] if argv is None else argv)])
-    load_before = load_average()
-    peaks = {dtype: matmul_rate(dtype, args.matmul_n, args.threads) for dtype in ("bfloat16", "float32")}
+    rows: dict[str, dict[str, Any]] = {}
+    if args.add_to:  # continue an earlier run: its rows, matmul rates and starting load stay as they were
+        earlier = json.loads(args.add_to.read_text())
+        rows = dict(earlier["figures"]["variants"])
+        peaks = {
+            "bfloat16": earlier["figures"]["bf16_matmul_flops"],
+            "float32": earlier["figures"]["fp32_matmul_flops"],
+        }
+        load_before, command = earlier["load"]["before"], f"{earlier['command']}; then {command}"
+        args.steps = earlier["figures"]["steps"]
+        args.trl_default_timeout = earlier["figures"].get("trl_default_timeout", args.trl_default_timeout)
+    else:
+        load_before = load_average()
+        peaks = {dtype: matmul_rate(dtype, args.matmul_n, args.threads) for dtype in ("bfloat16", "float32")}
     rates = ", ".join(f"{k} {v / 1e9:.2f} GFLOP/s" for k, v in peaks.items())
     print(f"matmul {args.matmul_n}: {rates}", file=sys.stderr)
 
     names = args.only or ["ours", "ours_no_knobs", "trl_fp32", "trl_default", *(knob_variants() if args.knobs else ())]
-    rows: dict[str, dict[str, Any]] = {}
     goals: dict[str, Goal] = {}
     for name in names:
         limit = args.trl_default_timeout if name == "trl_default" else args.timeout
         steps = args.knob_steps if args.knob_steps and name in KNOB_VARIANTS else args.steps
+        rows.pop(name, None)  # a rerun variant goes to the end, in the order it ran
         rows[name] = row = summarize(run_variant(name, args, limit, steps), limit)
         if row["non_embedding_params"] and row["tokens_per_s"]:
             flops = 6 * row["non_embedding_params"] * row["tokens_per_s"]

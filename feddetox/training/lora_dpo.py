@@ -322,7 +322,13 @@ class LoraDpoTrainer:
             sums["loss"] += step_loss
             if report is not None:
                 rate = tokens / (time.perf_counter() - began)
-                report(step + 1, steps, {"loss": step_loss, "tokens": float(tokens), "tokens_per_s": rate})
+                so_far = {
+                    "loss": step_loss,
+                    "tokens": float(tokens),
+                    "positions": float(positions),
+                    "tokens_per_s": rate,
+                }
+                report(step + 1, steps, so_far)
 
         self.model.eval()
         seconds = time.perf_counter() - began
