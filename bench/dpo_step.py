@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--model", default=MODEL, help="registry name or folder (default: %(default)s)")
     parser.add_argument("--note", action="append", help="a note to add to the result file (repeatable)")
-    parser.add_argument("--add-to", type=Path, help="add the --only variants to this earlier result file")
+    parser.add_argument("--add-to", type=Path, nargs="+", help="add the --only variants to these earlier results")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--variant-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -535,9 +535,11 @@ def main(argv: list[str] | None = None) -> int:
 
     command = " ".join(["python bench/dpo_step.py", *(sys.argv[1:] if argv is None else argv)])
     rows: dict[str, dict[str, Any]] = {}
-    if args.add_to:  # continue an earlier run: its rows, matmul rates and starting load stay as they were
-        earlier = json.loads(args.add_to.read_text())
-        rows = dict(earlier["figures"]["variants"])
+    if args.add_to:  # continue earlier runs: their rows (later files win), the first's matmul rates and load
+        files = [json.loads(path.read_text()) for path in args.add_to]
+        earlier = files[0]
+        for data in files:
+            rows.update(data["figures"]["variants"])
         peaks = {
             "bfloat16": earlier["figures"]["bf16_matmul_flops"],
             "float32": earlier["figures"]["fp32_matmul_flops"],
@@ -552,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"matmul {args.matmul_n}: {rates}", file=sys.stderr)
 
     names = args.only or ["ours", "ours_no_knobs", "trl_fp32", "trl_default", *(knob_variants() if args.knobs else ())]
-    goals: dict[str, Goal] = {}
+    if args.add_to and not args.only:
+        names = []  # only merge the earlier results and write them again
+    goals: dict[str, Goal] = report(rows, args, load_before, peaks, command) if not names else {}
     for name in names:
         limit = args.trl_default_timeout if name == "trl_default" else args.timeout
         steps = args.knob_steps if args.knob_steps and name in KNOB_VARIANTS else args.steps
