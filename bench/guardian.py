@@ -3,6 +3,11 @@ hard-label student on each held-out test set, latency on one thread, file sizes,
 
     python bench/guardian.py                          # uses (or builds) the default bundle, writes the results
     python bench/guardian.py --bundle guardian/       # a bundle built by `feddetox guardian build --out guardian/`
+    python bench/guardian.py --study                  # + what sets the .pte's latency: export variants, GOP/s
+
+`--study` times the bundle's program on one and two threads, re-exports the bundle's eager student in other ways
+(fp32, int8 or int4 embedding and linears; `--study-transformers` adds transformers' own graph) and the encoder's
+linears alone, and times each program on one thread (10-20 minutes).
 
 Writes bench/results/guardian.json and bench/results/guardian.png.
 """
@@ -17,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Goal, load_average, load_record, peak_rss_gb, write_result  # noqa: E402
@@ -26,15 +32,25 @@ RESULTS = ROOT / "bench" / "results"
 PTE, ONNX = "student .pte int8", "student .onnx int8"
 
 
-def _latency_ms(fn, warmup: int = 3, runs: int = 30) -> dict[str, float]:
+RUNS = 50
+
+
+def _latency_ms(fn, warmup: int = 3, runs: int = RUNS) -> dict[str, float]:
+    """p50/p95 of wall-clock ms, and p50 of this process's CPU ms per call: with one thread, the CPU time is what
+    the call costs on an idle core, while the wall time also holds what other work on a shared CPU took."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - start) * 1000)
-    return {"p50": round(float(np.percentile(times, 50)), 2), "p95": round(float(np.percentile(times, 95)), 2)}
+        cpu.append((time.process_time() - start_cpu) * 1000)
+    return {
+        "p50": round(float(np.percentile(times, 50)), 2),
+        "p95": round(float(np.percentile(times, 95)), 2),
+        "cpu_p50": round(float(np.percentile(cpu, 50)), 2),
+    }
 
 
 def _long_conversation():
@@ -58,18 +74,25 @@ def _runtime_rss_gb(bundle: Path) -> float:
 
 def measure_latency(bundle: Path, work: Path, teacher_path: str | None) -> dict[str, dict[str, float]]:
     """p50/p95 ms for one conversation of 128 tokens, batch 1, one thread, for each model."""
-    import torch
-
     torch.set_num_threads(1)
     from export.onnx_export import OnnxStudent
-    from feddetox.guardian import encode, load_guardian, load_tokenizer
+    from feddetox.guardian import encode, load_guardian, load_tokenizer, runtime_threads
 
     conv = _long_conversation()
-    guardian = load_guardian(bundle)
+    guardian = load_guardian(bundle, threads=1)
+    assert runtime_threads() == 1, "the ExecuTorch thread pool must have one thread"
     tok = load_tokenizer(bundle / "tokenizer.json")
     enc = encode(tok, [conv], pad_to=128)
     assert int(enc.attention_mask.sum()) == 128, "the latency input must fill 128 tokens"
+    start = time.perf_counter()
+    guardian.logits([conv])
+    first_ms = (time.perf_counter() - start) * 1000
     out = {PTE: _latency_ms(lambda: guardian.logits([conv]))}
+    # the same call split in two: tokenizing alone, and the loaded method alone on prepared inputs
+    inputs = [torch.from_numpy(a) for a in enc.arrays()]
+    out[PTE + " (execute only)"] = _latency_ms(lambda: guardian._method.execute(inputs))
+    out[PTE + " (tokenize only)"] = _latency_ms(lambda: encode(tok, [conv], pad_to=128))
+    out[PTE + " (first call)"] = {"p50": round(first_ms, 2)}
     if (bundle / "student.onnx").is_file():
         onnx = OnnxStudent(bundle / "student.onnx", num_threads=1)
         out[ONNX] = _latency_ms(lambda: onnx.logits(enc))
@@ -89,6 +112,153 @@ def measure_latency(bundle: Path, work: Path, teacher_path: str | None) -> dict[
         long_conv = type(conv)(conv.prompt * 2, conv.response * 2)  # >= 128 teacher tokens after truncation
         out["teacher"] = _latency_ms(lambda: teacher.score([long_conv], batch_size=1), runs=10)
     return out
+
+
+#: (name, graph, embedding, linear): the export variants the study times next to the bundle's own program;
+#: "transformers" is transformers' graph instead of the export-friendly forward
+VARIANTS = (
+    ("export-friendly, fp32 emb, fp32 linears", "friendly", "fp32", "fp32"),
+    ("export-friendly, int8 emb, int8 linears", "friendly", "int8", "int8"),
+    ("export-friendly, int4 emb, int4 linears (8da4w)", "friendly", "int4", "int4"),
+)
+SLOW_VARIANTS = (("transformers graph, int8 emb, int8 linears", "transformers", "int8", "int8"),)
+
+
+class _HfLogits(torch.nn.Module):
+    """transformers' own BERT graph behind the (ids, mask, types) -> logits signature of ExportableBert."""
+
+    def __init__(self, hf_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = hf_model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def _linears_only(config, linear: str):
+    """The encoder's 36 linears with MiniLM's shapes, chained, without attention, LayerNorm or GELU: the part of
+    the forward that is matrix multiplication, for the core's GOP/s."""
+    from torch import nn
+
+    from export.pte import quantize_student
+
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+
+    class Linears(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(
+                nn.ModuleList(
+                    [
+                        nn.Linear(h, h),
+                        nn.Linear(h, h),
+                        nn.Linear(h, h),
+                        nn.Linear(h, h),
+                        nn.Linear(h, inner),
+                        nn.Linear(inner, h),
+                    ]
+                )  # fmt: skip
+                for _ in range(layers)
+            )
+
+        def forward(self, x):  # (1, T, C)
+            for q, k, v, o, up, down in self.blocks:
+                x = o(q(x) + k(x) + v(x))
+                x = down(up(x))
+            return x
+
+    torch.manual_seed(0)
+    model = Linears().eval()
+    if linear != "fp32":
+        quantize_student(model, embedding="fp32", linear=linear)
+    return model
+
+
+def forward_gmacs(config, tokens: int = 128) -> dict[str, float]:
+    """Multiply-accumulates of one forward over `tokens` tokens, in G: the linears and attention's two bmm."""
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    linears = layers * tokens * (4 * h * h + 2 * h * inner)
+    attention = layers * 2 * tokens * tokens * h
+    return {"linears": linears / 1e9, "attention": attention / 1e9, "total": (linears + attention) / 1e9}
+
+
+def _time_program(buffer: bytes, inputs, runs: int = RUNS) -> dict[str, float]:
+    from executorch.runtime import Runtime, Verification
+
+    method = Runtime.get().load_program(buffer, verification=Verification.Minimal).load_method("forward")
+    return _latency_ms(lambda: method.execute(inputs), runs=runs)
+
+
+def latency_study(bundle: Path, work: Path, *, slow: bool = False, progress=print) -> dict:
+    """Each export variant's .pte size, lowering and latency (1 x 128, one thread), and the linears alone."""
+    import executorch.kernels.quantized  # noqa: F401  the quantized embedding kernels
+    from transformers import AutoModelForSequenceClassification
+
+    from export.pte import export_program, lower, lowering
+    from export.student_graph import ExportableBert
+    from feddetox.guardian import encode, load_tokenizer, runtime_threads, set_runtime_threads, verify_bundle
+
+    torch.set_num_threads(1)
+    set_runtime_threads(1)
+    hf = AutoModelForSequenceClassification.from_pretrained(work / "student-kd").eval()
+    enc = encode(load_tokenizer(bundle / "tokenizer.json"), [_long_conversation()], pad_to=128)
+    inputs = [torch.from_numpy(a) for a in enc.arrays()]
+    macs = forward_gmacs(hf.config)
+    bundle_pte = (bundle / "student.pte").read_bytes()
+    pte = (verify_bundle(bundle).metrics or {}).get("pte") or {}
+    rows = []
+    for threads in (1, 2):  # the shipped program, on one thread and on the default pool (one per core)
+        set_runtime_threads(threads)
+        timing = _time_program(bundle_pte, inputs)
+        rows.append({
+            "variant": f"bundle: {pte.get('embedding')} emb, {pte.get('linear')} linears, {threads} thread(s)",
+            "pte_mb": round(len(bundle_pte) / 1e6, 2),
+            "xnnpack_pieces": pte.get("xnnpack_pieces"),
+            "ops_outside_xnnpack": sum((pte.get("portable_ops") or {}).values()),
+            "ms_p50": timing["p50"],
+            "ms_p95": timing["p95"],
+            "cpu_ms_p50": timing["cpu_p50"],
+            "gop_per_s_cpu": round(2 * macs["total"] / (timing["cpu_p50"] / 1000), 1),
+        })  # fmt: skip
+    set_runtime_threads(1)
+    for name, graph, embedding, linear in VARIANTS + (SLOW_VARIANTS if slow else ()):
+        progress(f"study: {name} ...")
+        model = _HfLogits(hf).eval() if graph == "transformers" else ExportableBert.from_hf(hf)
+        try:
+            manager = export_program(model, embedding=embedding, linear=linear)
+        except Exception as exc:  # a variant that does not lower is a finding, not a failure of the benchmark
+            rows.append({"variant": name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            continue
+        pieces, outside, _ = lowering(manager)
+        timing = _time_program(manager.buffer, inputs)
+        rows.append({
+            "variant": name,
+            "pte_mb": round(len(manager.buffer) / 1e6, 2),
+            "xnnpack_pieces": pieces,
+            "ops_outside_xnnpack": sum(outside.values()),
+            "ms_p50": timing["p50"],
+            "ms_p95": timing["p95"],
+            "cpu_ms_p50": timing["cpu_p50"],
+            "gop_per_s_cpu": round(2 * macs["total"] / (timing["cpu_p50"] / 1000), 1),
+        })  # fmt: skip
+        progress(f"study: {name}: {rows[-1]}")
+        del manager
+    x = torch.randn(1, 128, hf.config.hidden_size)
+    linears = []
+    for linear in ("fp32", "int8"):
+        progress(f"study: linears alone, {linear} ...")
+        manager = lower(_linears_only(hf.config, linear), (x,), fuse_quant=False)
+        timing = _time_program(manager.buffer, [x])
+        linears.append({
+            "linears": linear,
+            "ms_p50": timing["p50"],
+            "ms_p95": timing["p95"],
+            "cpu_ms_p50": timing["cpu_p50"],
+            "xnnpack_pieces": lowering(manager)[0],
+            "gop_per_s_cpu": round(2 * macs["linears"] / (timing["cpu_p50"] / 1000), 1),
+        })  # fmt: skip
+    assert runtime_threads() == 1
+    return {"gmacs_per_forward": {k: round(v, 3) for k, v in macs.items()}, "variants": rows, "linears_alone": linears}
 
 
 def _teacher_path(teacher_id: str) -> str | None:
@@ -126,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=None, help="default: FEDDETOX_HOME/guardians/default")
     parser.add_argument("--data-scale", type=float, default=1.0, help="passed to the build when it must build")
+    parser.add_argument("--study", action="store_true", help="also time export variants (10-20 minutes)")
+    parser.add_argument("--study-transformers", action="store_true", help="the study adds transformers' graph")
     args = parser.parse_args(argv)
     before = load_average()
     from feddetox.settings import home_dir
@@ -142,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ev = json.loads((work / "eval.json").read_text())
     rows = ev["rows"]
     latency = measure_latency(bundle, work, _teacher_path(manifest.teacher_id))
+    load_during_latency = load_average()
+    bench_rss = peak_rss_gb()  # before the study's exports
+    study = latency_study(bundle, work, slow=args.study_transformers) if args.study else None
 
     def row(model: str, test_set: str) -> dict:
         return next((r for r in rows if r["model"] == model and r["test_set"] == test_set), {})
@@ -161,10 +336,16 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms_1x128_one_thread": latency,
         "file_sizes_mb": sizes,
         "runtime_peak_rss_gb": _runtime_rss_gb(bundle),
-        "bench_peak_rss_gb": peak_rss_gb(),
+        "bench_peak_rss_gb": round(bench_rss, 3),
         "agreement_pte_vs_eager": manifest.metrics.get("agreement_pte_vs_eager"),
-        "build": manifest.metrics.get("build"),
+        # where the bundle was written is not a property of the build (older manifests held an absolute path)
+        "build": {k: v for k, v in (manifest.metrics.get("build") or {}).items() if k != "out_dir"},
+        "pte_program": manifest.metrics.get("pte"),
+        "runtime_threads": 1,
+        "load_after_latency": load_during_latency,
     }
+    if study is not None:
+        figures["latency_study"] = study
     goals = {
         "pte_size_mb": Goal(sizes["student.pte"], 20, "<="),
         "student_latency_ms_p50": Goal(pte_ms, 10, "<="),
@@ -178,11 +359,16 @@ def main(argv: list[str] | None = None) -> int:
         "Quality: each model at its own threshold, calibrated on validation benign data to the target FPR "
         "(the .pte and .onnx use the bundle's threshold, the eager KD student's).",
         "f1_gap_to_teacher is on the pooled human-labelled test sets (Davidson, ToxiGen, XSTest).",
-        "Latency: one conversation padded/truncated to 128 tokens, batch 1, one thread, p50 of 30 runs.",
+        f"Latency: one conversation padded/truncated to 128 tokens, batch 1, one thread (ExecuTorch's thread pool "
+        f"reset to 1, torch and onnxruntime set to 1), p50 of {RUNS} runs after 3 warm-up calls; the .pte figure "
+        "is Guardian.logits (tokenize + execute of the method loaded once); 'execute only' times the method alone. "
+        "cpu_p50 is the process's CPU time per call: on a shared CPU (see load) it is the cost on an idle core.",
     ]
     path = write_result(
         "guardian",
-        command="python bench/guardian.py" + (f" --bundle {args.bundle}" if args.bundle else ""),
+        command="python bench/guardian.py"
+        + (" --bundle BUNDLE" if args.bundle else "")
+        + (" --study" if args.study else ""),
         figures=figures,
         goals=goals,
         load=load_record(before, load_average()),
