@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,10 +37,15 @@ def run_tests(report_dir: Path, extra: list[str]) -> tuple[int, float]:
     return code, time.monotonic() - start
 
 
+#: a test's temporary folder inside an outcome message (pytest's tmp_path): shown as <tmp>/ in the result
+TMP_PATH = re.compile(re.escape(tempfile.gettempdir()) + r"/pytest-of-[^/]+/pytest-\d+/[^/\s]+/")
+
+
 def collect(report_dir: Path) -> list[dict]:
+    """The tests' records, with their temporary folders left out of the messages."""
     records = []
     for path in sorted(report_dir.glob("*.json")):
-        records.extend(json.loads(path.read_text()))
+        records.extend(json.loads(TMP_PATH.sub("<tmp>/", path.read_text())))
     return records
 
 
