@@ -42,34 +42,74 @@ def _check_weights(weights: Sequence[float], n: int) -> np.ndarray:
     return w
 
 
+#: values of the running sum that `FedAvgAccumulator.add` handles per step: 1 MiB of float64, small enough to stay
+#: in the CPU cache between the step's three passes, large enough that the cost per numpy call is small
+BLOCK_VALUES = 1 << 17
+
+
 class FedAvgAccumulator:
-    """Weighted FedAvg, one update at a time: holds a float64 running sum and the total weight only."""
+    """Weighted FedAvg, one update at a time: holds a float64 running sum and the total weight only.
+
+    The sum is one flat float64 array (`_sum` holds each key's view of it), cut into blocks of consecutive
+    tensors of at most BLOCK_VALUES values (a larger tensor spans several blocks). `add` does three numpy calls
+    per block, over a scratch buffer that stays in the CPU cache: the block's tensors cast to float64 into it
+    (one `np.concatenate`), times the weight, added to the sum. Per value that is `sum + float64(x) * w`, the
+    same two roundings as a tensor-by-tensor loop, so the same bits; but 3 calls per 128 Ki values instead of
+    2 per tensor (a LoRA adapter has hundreds of small tensors, and each call costs microseconds).
+    """
 
     def __init__(self) -> None:
         self._sum: dict[str, np.ndarray] | None = None
+        # per block: (key, part of the flattened tensor or None for all of it) and the block's view of the sum
+        self._blocks: list[tuple[list[tuple[str, slice | None]], np.ndarray]] = []
+        self._split: list[str] = []  # the keys of the tensors larger than a block
+        self._scratch = np.empty(0, dtype=np.float64)
         self.total_weight = 0.0
         self.count = 0
-        self._scratch = np.empty(0, dtype=np.float64)
 
-    def _scratch_for(self, size: int) -> np.ndarray:
-        if self._scratch.size < size:
-            self._scratch = np.empty(size, dtype=np.float64)
-        return self._scratch[:size]
+    def _layout(self, update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Lays out the zero sum in the first update's key order and cuts it into blocks; returns the key views."""
+        flat = np.zeros(sum(v.size for v in update.values()), dtype=np.float64)
+        views, blocks, parts, at, start = {}, [], [], 0, 0
+        for key, value in update.items():
+            views[key] = flat[at : at + value.size].reshape(value.shape)
+            for lo in range(0, max(value.size, 1), BLOCK_VALUES):
+                hi = min(lo + BLOCK_VALUES, value.size)
+                if at + hi - lo - start > BLOCK_VALUES:
+                    blocks.append((parts, flat[start:at]))
+                    parts, start = [], at
+                parts.append((key, None if value.size <= BLOCK_VALUES else slice(lo, hi)))
+                at += hi - lo
+        if parts:
+            blocks.append((parts, flat[start:at]))
+        self._blocks = blocks
+        self._split = [key for key, value in update.items() if value.size > BLOCK_VALUES]
+        self._scratch = np.empty(max((block.size for _, block in blocks), default=0), dtype=np.float64)
+        return views
 
     def add(self, update: Mapping[str, np.ndarray], weight: float) -> None:
         if not (weight > 0 and np.isfinite(weight)):
             raise ValueError(f"weight must be positive and finite, got {weight}")
         if self._sum is None:
-            self._sum = {k: np.zeros(v.shape, dtype=np.float64) for k, v in update.items()}
-        elif sorted(update) != sorted(self._sum):
+            self._sum = self._layout(update)
+        elif update.keys() != self._sum.keys():
             raise ValueError("update has other keys than the first one")
-        for key, value in update.items():
-            # sum_i w_i * x_i, without temporaries: w * x is cast to float64 into a scratch buffer the size of
-            # one tensor (it stays in the CPU cache), then added in place
-            scratch = self._scratch_for(value.size).reshape(value.shape)
-            np.multiply(value, float(weight), out=scratch, dtype=np.float64)
-            np.add(self._sum[key], scratch, out=self._sum[key])
-        self.total_weight += float(weight)
+        else:
+            for key, total in self._sum.items():
+                if update[key].shape != total.shape:
+                    raise ValueError(f"{key}: shape {update[key].shape}, the first update's is {total.shape}")
+        w = float(weight)
+        flat = {key: update[key].reshape(-1) for key in self._split}  # a copy only if the tensor is not contiguous
+        for parts, total in self._blocks:
+            scratch = self._scratch[: total.size]
+            np.concatenate(
+                [update[key] if part is None else flat[key][part] for key, part in parts],
+                axis=None,
+                out=scratch,
+            )
+            np.multiply(scratch, w, out=scratch)
+            np.add(total, scratch, out=total)
+        self.total_weight += w
         self.count += 1
 
     def result(self) -> Tensors:

@@ -36,6 +36,72 @@ def test_streaming_accumulator_equals_batch_and_holds_one_sum():
     assert acc.count == 7 and acc.total_weight == sum(w)
 
 
+# sizes around the block size: 0, 1 (a 0-d tensor), smaller than a block, several blocks (and the test adds one
+# larger than a block, cut into parts); float16 and float64 inputs too
+MIXED = {
+    "a": ((3, 5), np.float32),
+    "scalar": ((), np.float32),
+    "empty": ((0, 3), np.float32),
+    "m.lora_A.weight": ((2, 40), np.float32),
+    "m.lora_B.weight": ((70, 1), np.float32),
+    "half": ((9,), np.float16),
+    "double": ((4, 4), np.float64),
+}
+
+
+def _mixed_updates(n: int, shapes: dict[str, tuple[tuple[int, ...], type]]) -> list[dict[str, np.ndarray]]:
+    """n updates with these keys in a different order each; some tensors are non-contiguous views."""
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(n):
+        update = {}
+        for key in rng.permutation(list(shapes)):
+            shape, dtype = shapes[key]
+            value = rng.standard_normal(shape).astype(dtype)
+            if i % 2 and len(shape) == 2 and shape[0] > 1:
+                value = np.ascontiguousarray(value.T).T  # same values, Fortran order
+            if i % 2 and key == "z.big":
+                value = np.repeat(value, 2)[::2]  # same values, strided
+            update[str(key)] = value
+        out.append(update)
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, agg.BLOCK_VALUES])
+def test_accumulator_is_bit_identical_to_a_plain_float64_loop(monkeypatch, block):
+    """The blocked sum against sum_i float64(x_i) * w_i tensor by tensor: the same float64 bits, whatever the
+    block size, the key order of each update, the tensors' sizes, dtypes and memory layout."""
+    monkeypatch.setattr(agg, "BLOCK_VALUES", block)
+    shapes = {**MIXED, "z.big": ((2 * block + 3,), np.float32)}
+    ups, weights = _mixed_updates(6, shapes), [0.3, 7, 1e-3, 12.5, 2, 1 / 3]
+    acc = agg.FedAvgAccumulator()
+    for u, w in zip(ups, weights, strict=True):
+        acc.add(u, w)
+    reference = {key: np.zeros(shape, dtype=np.float64) for key, (shape, _) in shapes.items()}
+    total = 0.0
+    for u, w in zip(ups, weights, strict=True):
+        for key, value in u.items():
+            reference[key] = reference[key] + value.astype(np.float64) * float(w)
+        total += float(w)
+    out = acc.result()
+    assert list(out) == list(ups[0])  # the first update's key order
+    for key in shapes:
+        assert acc._sum[key].dtype == np.float64
+        np.testing.assert_array_equal(acc._sum[key], reference[key], strict=True)
+        np.testing.assert_array_equal(out[key], (reference[key] / total).astype(np.float32), strict=True)
+    assert acc.total_weight == total and acc.count == 6
+
+
+def test_accumulator_refuses_other_shapes_before_adding():
+    acc = agg.FedAvgAccumulator()
+    acc.add({"a": np.ones((2, 3), np.float32), "b": np.ones(4, np.float32)}, 1)
+    with pytest.raises(ValueError, match="shape"):
+        acc.add({"a": np.ones(3, np.float32), "b": np.ones(4, np.float32)}, 1)  # would broadcast
+    with pytest.raises(ValueError, match="other keys"):
+        acc.add({"a": np.ones((2, 3), np.float32)}, 1)
+    assert acc.count == 1 and np.array_equal(acc.result()["a"], np.ones((2, 3), np.float32))
+
+
 def test_fedavg_refuses_bad_input():
     with pytest.raises(ValueError, match="no updates"):
         agg.fedavg([], [])
