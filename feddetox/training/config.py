@@ -55,6 +55,8 @@ class TrainConfig:
     compute_dtype: str = "auto"
     malloc_mmap_threshold_kib: int = 128
     packing: bool = True
+    #: weight of the chosen answer's per-token NLL added to the DPO loss (0 = plain DPO; see training.dpo)
+    sft_weight: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -64,6 +66,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise bad(name, "must be a finite number > 0")
+        if not isinstance(self.sft_weight, (int, float)) or not math.isfinite(self.sft_weight) or self.sft_weight < 0:
+            raise bad("sft_weight", "must be a finite number >= 0")
         for name in ("local_steps", "batch_size", "grad_accumulation", "max_prompt_tokens", "max_response_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

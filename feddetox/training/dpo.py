@@ -7,6 +7,10 @@ Sigmoid DPO (Rafailov et al., 2023), per pair:
 where `pi_c` is the policy's summed log-probability of the chosen answer given the prompt, `ref_*` the
 reference model's. Only answer tokens count: prompt and padding positions are masked out of the sums.
 
+`sft_weight > 0` adds the chosen answer's mean negative log-likelihood per token (DPO + NLL, "RPO" in
+Pang et al. 2024, "Iterative Reasoning Preference Optimization"): plain DPO may push the rejected answer
+down without making the chosen one likely, which on a small model leaves greedy answers unchanged.
+
 `chunked_token_logps` is the memory-lean way to get those per-token log-probabilities: it takes the final
 hidden states of the answer positions only and applies the LM head to `chunk` of them at a time, keeping no
 (positions x vocabulary) logits for the backward pass (they are recomputed there, chunk by chunk).
@@ -33,6 +37,11 @@ def dpo_loss(
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
     losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))  # (B,)
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def nll_term(policy_chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """Per pair: -log p(chosen) / (its number of tokens), shape (B,); a pair with no token counts 0."""
+    return -policy_chosen_logps / chosen_tokens.clamp(min=1).to(policy_chosen_logps.dtype)
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from feddetox.data.records import PreferencePair
 from feddetox.errors import ConfigError, DataError
 from feddetox.training.batches import Batch, EncodedPair, collate, encode_pair, pack, pair_order
 from feddetox.training.config import TrainConfig
-from feddetox.training.dpo import chunked_token_logps, dpo_loss
+from feddetox.training.dpo import chunked_token_logps, dpo_loss, nll_term
 from feddetox.training.memory import fix_malloc_threshold, trim
 from feddetox.training.precision import (
     cast_frozen,
@@ -306,6 +306,9 @@ class LoraDpoTrainer:
                 policy = self._batch_logps(batch, cfg)  # (2B,)
                 b = batch.num_pairs
                 losses, chosen_r, rejected_r = dpo_loss(policy[:b], policy[b:], ref[:b], ref[b:], cfg.beta)
+                if cfg.sft_weight:
+                    chosen_tokens = torch.bincount(batch.sequence, minlength=2 * b)[:b]
+                    losses = losses + cfg.sft_weight * nll_term(policy[:b], chosen_tokens)
                 (losses.mean() / cfg.grad_accumulation).backward()
                 step_loss += float(losses.detach().mean()) / cfg.grad_accumulation
                 sums["reward_accuracy"] += float((chosen_r > rejected_r).float().mean())

@@ -43,6 +43,8 @@ def test_defaults_are_the_documented_ones():
         ("max_grad_norm", 0.0),
         ("compute_dtype", "float16"),
         ("malloc_mmap_threshold_kib", -1),
+        ("sft_weight", -0.5),
+        ("sft_weight", float("inf")),
     ],
 )
 def test_invalid_values_name_the_field(field, value):

@@ -126,6 +126,18 @@ def test_loss_decreases_on_a_tiny_overfit(trainer):
     assert after["loss"] < 0.5 * np.log(2) and after["reward_accuracy"] == 1.0
 
 
+def test_sft_weight_adds_the_chosen_answers_mean_nll_per_token(trainer):
+    """At B = 0 the DPO part is log 2; the first step's loss is that plus w * (-log p(chosen) / tokens)."""
+    pairs = PAIRS[:2]
+    cfg = TrainConfig(local_steps=1, learning_rate=1e-3, batch_size=2, sft_weight=0.5, **FP32)
+    chosen, _ = trainer.logps(pairs, cfg, adapter=False)
+    tokens = [len(encode_pair(trainer.tokenizer, p, 128, 128).chosen) for p in pairs]
+    expected = np.log(2) + 0.5 * float(np.mean(-np.asarray(chosen) / np.asarray(tokens)))
+    result = trainer.train(pairs, trainer.init_adapter(0), cfg)
+    assert result.metrics["first_loss"] == pytest.approx(expected, rel=1e-4)
+    assert expected > np.log(2) + 0.1  # the NLL part is there: a random tiny model is far from the answers
+
+
 def test_grad_accumulation_equals_one_big_batch(tiny_llama_path):
     one = LoraDpoTrainer(str(tiny_llama_path), SPEC).train(
         PAIRS[:4], None, TrainConfig(local_steps=1, batch_size=4, **FP32)
