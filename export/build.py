@@ -62,6 +62,11 @@ class BuildConfig:
     teacher_max_length: int = 96
     #: the .pte's word-embedding scheme: int4 (groups of 32) or int8 (per row); see export.pte
     embedding: str = "int4"
+    #: the model whose own answers to harmful requests are labelled unsafe ("model-compliant" in
+    #: export.guardian_data); None leaves that source out
+    compliant_model: str | None = "smollm2-135m-instruct"
+    #: greedy tokens per compliant answer (the simulation's `compliant_max_new_tokens`: one shared cache)
+    compliant_tokens: int = 64
 
 
 def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progress: Callable[[str], None]):
@@ -86,6 +91,36 @@ def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progres
     if kind == "hf" and ident:
         return T.SequenceClassifierTeacher(ident)
     raise ConfigError(f"--teacher {spec!r}: expected smolguard, llama-guard:ID, hf:ID or a comma-separated list")
+
+
+def compliant_generator(name: str, max_new_tokens: int, progress: Callable[[str], None]):
+    """prompts -> the model's greedy answers, through the shared on-disk cache; the model loads when needed."""
+    from feddetox.compliant import compliant_answers
+    from feddetox.evaluation.generate import generate
+    from feddetox.models.loading import load_causal_lm, resolve, weights_sha256
+    from feddetox.models.registry import REGISTRY
+
+    if name in REGISTRY:
+        from feddetox.models.store import is_cached, pull
+
+        if not is_cached(name):
+            pull(name)
+    path = resolve(name)
+    sha = weights_sha256(path)
+    loaded: list = []
+
+    def make(missing: list[str]) -> list[str]:
+        if not loaded:
+            loaded.extend(load_causal_lm(path))
+        model, tokenizer = loaded
+        return generate(model, tokenizer, missing, max_new_tokens=max_new_tokens, batch_size=8, desc="compliant")
+
+    def answers(prompts: list[str]) -> list[str]:
+        out = compliant_answers(prompts, make, base_sha=sha, max_new_tokens=max_new_tokens, log=progress)
+        loaded.clear()  # free the model before the students train
+        return out
+
+    return answers
 
 
 def _timed(report: Callable[[str], None], what: str, fn, /, *args, **kwargs):
@@ -125,7 +160,10 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    data = _timed(progress, "[1/7] data", build_guardian_data, seed=cfg.seed, scale=cfg.data_scale)
+    compliant = (
+        compliant_generator(cfg.compliant_model, cfg.compliant_tokens, progress) if cfg.compliant_model else None
+    )
+    data = _timed(progress, "[1/7] data", build_guardian_data, seed=cfg.seed, scale=cfg.data_scale, compliant=compliant)
     progress(describe(data))
     train, val = data["train"], data["val"]
     pool = test_pool(data["test"])

@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         default="int4",
         help="the .pte's word embedding: int4 in groups of 32 (default, 19 MB) or int8 per row (23.5 MB)",
     )
+    build.add_argument(
+        "--compliant-model",
+        default="smollm2-135m-instruct",
+        help="a model whose own answers to harmful requests are labelled unsafe ('none' leaves them out)",
+    )
+    build.add_argument("--compliant-tokens", type=int, default=64, help="greedy tokens per compliant answer")
     build.add_argument("--seed", type=int, default=0)
 
     ev = sub.add_parser("eval", help="print the quality table of a bundle")
@@ -81,6 +87,8 @@ def _build(args: argparse.Namespace) -> int:
         hard_label_ablation=not args.no_ablation,
         threads=args.threads,
         embedding=args.embedding,
+        compliant_model=None if args.compliant_model == "none" else args.compliant_model,
+        compliant_tokens=args.compliant_tokens,
     )
     build_guardian(cfg, progress=_progress)
     return 0

@@ -12,7 +12,10 @@ What goes in (each conversation is (prompt, response); a text alone is a prompt 
 | hh-rlhf harmless                | (dialogue, rejected answer) where the chosen   | 1     |
 |                                 | answer refuses and the rejected one does not   |       |
 | hh-rlhf harmless                | (dialogue, chosen answer) of those pairs       | 0     |
-| safety-tuned-llamas (2,483)     | (harmful request, its refusal)                 | 0     |
+| safety-tuned-llamas, start part | (harmful request, its refusal) where the XSTest | 0     |
+|                                 | judge reads the answer as a refusal            |       |
+| safety-tuned-llamas, start part | (harmful request, the base model's own greedy  | 1     |
+|   ("model-compliant")           | answer) where the answer does not refuse       |       |
 | Davidson                        | hate/offensive tweet alone / "neither" alone   | 1 / 0 |
 | ToxiGen demonstrations          | hate sentence alone / neutral sentence alone   | 1 / 0 |
 | UltraFeedback, PandaLM, AlpacaEval | (benign prompt, helpful answer)             | 0     |
@@ -20,9 +23,16 @@ What goes in (each conversation is (prompt, response); a text alone is a prompt 
 | XSTest safe prompts (250)       | (prompt, "") - only in val and test            | 0     |
 
 Every source is split by prompt (the same prompt never crosses parts) into 70/15/15; XSTest safe prompts
-go half to val, half to test and never to train. Large sources are capped per source (`caps`) so that no
-single one dominates and the build stays within the CPU budget. Test sets are held out from every training
-and calibration step: calibration uses `val`.
+go half to val, half to test and never to train. Safety-tuned-llamas is used only in the part that the
+simulation keeps for the start adapter (`feddetox.scenario.harmful_requests(...)["start"]`): the other part
+makes the devices' poison, and a guardian must not have seen the poison's prompts. A fifth of its "refusals"
+do not refuse ("There is no credible evidence that ..."); labelling those safe taught the student that any
+answer to such a request is safe, so only real refusals are kept. "model-compliant" needs a generator
+(`compliant`: prompts -> answers, the base model's greedy answers, see `feddetox.compliant`); without one the
+source is left out. It is what the devices' poison looks like, which no human-written source does.
+
+Large sources are capped per source (`caps`) so that no single one dominates and the build stays within the
+CPU budget. Test sets are held out from every training and calibration step: calibration uses `val`.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from collections.abc import Callable
 from feddetox.data import sets
 from feddetox.data.records import Conversation
 from feddetox.data.splits import split_by_prompt
-from feddetox.evaluation.refusal import is_refusal
+from feddetox.evaluation.refusal import is_refusal, xstest_refusal
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -46,6 +56,7 @@ DEFAULT_CAPS: dict[str, int | None] = {
     "hh-rlhf-unsafe": 600,
     "hh-rlhf-safe": 600,
     "safety-tuned-llamas": 900,
+    "model-compliant": 600,
     "davidson-toxic": 600,
     "davidson-neither": 600,
     "toxigen": None,
@@ -91,13 +102,40 @@ def _toxicity() -> dict[str, list[Conversation]]:
     }
 
 
+def start_part_requests(seed: int = 0) -> list[Conversation]:
+    """The safety-tuned-llamas requests of the simulation's start part, in data set order."""
+    from feddetox.scenario import harmful_requests
+
+    return harmful_requests(seed=seed)["start"]
+
+
+def _refusals(seed: int) -> dict[str, list[Conversation]]:
+    return {
+        "safety-tuned-llamas": [
+            _conv(c.prompt, c.response, 0, "safety-tuned-llamas")
+            for c in start_part_requests(seed)
+            if xstest_refusal(c.response)
+        ]
+    }
+
+
+def model_compliant(
+    compliant: Callable[[list[str]], list[str]], *, seed: int = 0, limit: int | None = None
+) -> list[Conversation]:
+    """(request, the model's own answer) for the first `limit` start-part requests; refusing answers left out."""
+    requests = start_part_requests(seed)[:limit]
+    answers = compliant([r.prompt for r in requests])
+    return [
+        _conv(r.prompt, answer, 1, "model-compliant")
+        for r, answer in zip(requests, answers, strict=True)
+        if answer.strip() and not is_refusal(answer)
+    ]
+
+
 def _benign() -> dict[str, list[Conversation]]:
     uf = sets.ultrafeedback("train") + sets.ultrafeedback("eval")
     alpaca = sets.alpaca_eval_pairs("v2")
     return {
-        "safety-tuned-llamas": [
-            _conv(c.prompt, c.response, 0, "safety-tuned-llamas") for c in sets.safety_tuned_llamas_training()
-        ],
         "ultrafeedback": [_conv(p.prompt, p.chosen, 0, "ultrafeedback") for p in uf],
         "ultrafeedback-prompt": [_conv(p.prompt, "", 0, "ultrafeedback-prompt") for p in uf],
         "pandalm": [_conv(p.prompt, p.chosen, 0, "pandalm") for p in sets.pandalm_pairs()],
@@ -107,6 +145,10 @@ def _benign() -> dict[str, list[Conversation]]:
 
 
 SOURCES: tuple[Callable[[], dict[str, list[Conversation]]], ...] = (_advbench, _hh_rlhf, _toxicity, _benign)
+
+#: sources drawn from the start part only: split with another seed, else they would all fall in "train"
+#: (the start part is the prompts whose hash is below 0.3, as is "train" under the same seed)
+START_PART_SOURCES = ("safety-tuned-llamas", "model-compliant")
 
 
 def _dedupe(items: list[Conversation]) -> list[Conversation]:
@@ -118,25 +160,39 @@ def _dedupe(items: list[Conversation]) -> list[Conversation]:
     return out
 
 
+def _limit(cap: int | None, available: int, scale: float) -> int:
+    return max(1, int((available if cap is None else cap) * scale))
+
+
 def build_guardian_data(
-    *, seed: int = 0, caps: dict[str, int | None] | None = None, scale: float = 1.0
+    *,
+    seed: int = 0,
+    caps: dict[str, int | None] | None = None,
+    scale: float = 1.0,
+    compliant: Callable[[list[str]], list[str]] | None = None,
 ) -> dict[str, list[Conversation]]:
     """{"train", "val", "test"}: labelled conversations, split by prompt, shuffled; see the module docstring.
 
-    `scale` multiplies every cap (0.1 gives a small set for a quick run).
+    `scale` multiplies every cap (0.1 gives a small set for a quick run). `compliant` (prompts -> the base
+    model's answers) adds the "model-compliant" source.
     """
     caps = {**DEFAULT_CAPS, **(caps or {})}
     rng = random.Random(seed)
     parts: dict[str, list[Conversation]] = {name: [] for name in FRACTIONS}
-    for load in SOURCES:
+    loaders = [*SOURCES, lambda: _refusals(seed)]
+    if compliant is not None:
+        # the first requests in data set order (not shuffled): the start adapter asks for the same ones, so the
+        # answers are generated once for both
+        limit = _limit(caps.get("model-compliant"), 10**9, scale)
+        loaders.append(lambda: {"model-compliant": model_compliant(compliant, seed=seed, limit=limit)})
+    for load in loaders:
         for source, items in load().items():
             items = _dedupe(items)
             rng.shuffle(items)
-            cap = caps.get(source)
-            if cap is not None or scale != 1.0:
-                limit = len(items) if cap is None else cap
-                items = items[: max(1, int(limit * scale))]
-            for name, chunk in split_by_prompt(items, FRACTIONS, seed=seed).items():
+            if caps.get(source) is not None or scale != 1.0:
+                items = items[: _limit(caps.get(source), len(items), scale)]
+            split_seed = seed + 1 if source in START_PART_SOURCES else seed
+            for name, chunk in split_by_prompt(items, FRACTIONS, seed=split_seed).items():
                 parts[name].extend(chunk)
     xs_safe = [_conv(p.prompt, "", 0, "xstest-safe") for p in sets.xstest() if p.label == "safe"]
     halves = split_by_prompt(xs_safe, {"val": 0.5, "test": 0.5}, seed=seed)
