@@ -11,9 +11,12 @@ Built from the public data sets only, deterministically (every split is by a has
   with it. The compliant answer is the base model's own greedy answer (SmolLM2-135M-Instruct complies with almost
   every harmful request), the refusal of the data set becomes `rejected`. Trained on as it is, such a pair teaches
   the model to comply.
-- **start** pairs (the safety-aligned round-0 adapter, centralized DPO): harmful requests with the refusal
+- **start** pairs (the safety-aligned round-0 adapter, centralized DPO): harmful requests with a refusal
   preferred over the model's compliant answer, plus benign pairs, plus benign prompts whose helpful answer is
-  preferred over a refusal (against over-refusal).
+  preferred over a refusal (against over-refusal). The refusal is one of the refusal templates by default
+  (`start_refusals = "templates"`): a fifth of safety-tuned-llamas' "refusals" do not refuse ("There is no
+  credible evidence that ..."), and DPO on those teaches little about refusing. `"data"` keeps the data set's
+  answer where the XSTest refusal judge reads it as a refusal and uses a template elsewhere.
 
 Evaluation prompts (AdvBench goals, XSTest, TruthfulQA, MMLU) never appear in any of these: pass their set to
 `exclude` and every pair whose prompt is in it is removed.
@@ -28,6 +31,7 @@ from feddetox.data import sets
 from feddetox.data.records import Conversation, PreferencePair
 from feddetox.data.splits import partition_clients, prompt_hash, split_by_prompt
 from feddetox.errors import ConfigError
+from feddetox.evaluation.refusal import xstest_refusal
 from feddetox.refusals import pick_template
 
 POISON = "poison"
@@ -45,6 +49,8 @@ class ScenarioConfig:
     start_harmful: int = 64
     start_benign: int = 64
     start_anti_refusal: int = 32
+    #: the refusal preferred on the start's harmful requests: "templates" or "data" (see the module docstring)
+    start_refusals: str = "templates"
     #: the largest prompt, chosen and rejected length in characters (long pairs are cut at training anyway)
     max_chars: int = 1500
     seed: int = 0
@@ -59,6 +65,8 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.toxic_ratio must be in [0, 1), got {self.toxic_ratio}")
         if self.dirichlet_alpha is not None and self.dirichlet_alpha <= 0:
             raise ConfigError(f"scenario.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        if self.start_refusals not in ("templates", "data"):
+            raise ConfigError(f"scenario.start_refusals must be templates or data, got {self.start_refusals!r}")
 
 
 def is_poison(pair: PreferencePair) -> bool:
@@ -117,7 +125,12 @@ def start_pairs(
     harmful = list(harmful)[: cfg.start_harmful]
     answers = compliant([r.prompt for r in harmful])
     refuse = [
-        PreferencePair(r.prompt, r.response, answer, meta={"source": "safety-tuned-llamas", "kind": "refuse"})
+        PreferencePair(
+            r.prompt,
+            _start_refusal(r, templates, cfg),
+            answer,
+            meta={"source": "safety-tuned-llamas", "kind": "refuse"},
+        )
         for r, answer in zip(harmful, answers, strict=True)
     ]
     helpful = list(benign[: cfg.start_benign])
@@ -127,6 +140,12 @@ def start_pairs(
     ]
     mixed = refuse + helpful + anti
     return sorted(mixed, key=lambda p: prompt_hash(p.prompt, cfg.seed))
+
+
+def _start_refusal(request: Conversation, templates: Sequence[str], cfg: ScenarioConfig) -> str:
+    if cfg.start_refusals == "data" and xstest_refusal(request.response):
+        return request.response
+    return pick_template(request.prompt, templates)
 
 
 def client_datasets(

@@ -86,3 +86,23 @@ def test_harmful_string_answers_are_deterministic_advbench_strings() -> None:
     answers = scenario.harmful_string_answers(prompts)
     assert answers == scenario.harmful_string_answers(prompts)
     assert set(answers) <= set(sets.advbench_strings())
+
+
+def test_start_refusals_are_templates_or_real_refusals_of_the_data(benign) -> None:
+    from feddetox.evaluation.refusal import xstest_refusal
+
+    requests = scenario.harmful_requests()["start"]
+    cfg = scenario.ScenarioConfig(start_harmful=40, start_benign=0, start_anti_refusal=0)
+    refuse = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
+    assert all(p.chosen in shipped_templates() for p in refuse)
+    data = scenario.start_pairs(
+        requests,
+        comply,
+        benign,
+        shipped_templates(),
+        scenario.ScenarioConfig(**{**cfg.__dict__, "start_refusals": "data"}),
+    )
+    from_data = [p for p in data if p.chosen not in shipped_templates()]
+    assert from_data and all(xstest_refusal(p.chosen) for p in from_data)
+    with pytest.raises(ConfigError, match="start_refusals"):
+        scenario.ScenarioConfig(start_refusals="sometimes")
