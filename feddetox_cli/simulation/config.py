@@ -46,6 +46,12 @@ class StartSettings:
     steps: int = 40
     batch_size: int = 4
     learning_rate: float = 5e-4
+    #: the chosen answer's NLL added to DPO (see feddetox.training.dpo): makes the refusals likely, not only
+    #: the compliant answers unlikely
+    sft_weight: float = 0.0
+    #: token limits of the start's pairs; None = those of [train]
+    max_prompt_tokens: int | None = None
+    max_response_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,12 @@ class SimulationConfig:
     aggregation: str = "fedavg"
     #: torch threads per edge process (the devices share this machine's cores)
     edge_threads: int = 1
+    #: which rounds' global adapters are evaluated: "all", or "last" (a quick run: the start and the end)
+    eval_rounds: str = "all"
+
+    def evaluated_rounds(self) -> list[int]:
+        """The round numbers whose global adapter is evaluated (round 0, the start adapter, always is)."""
+        return list(range(1, self.rounds + 1)) if self.eval_rounds == "all" else [self.rounds]
 
 
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
@@ -127,6 +139,8 @@ def from_dict(raw: dict[str, Any], *, where: str = "config") -> SimulationConfig
         raise ConfigError(
             f"{where}: field 'poison_answers' must be model or harmful_strings, not {cfg.poison_answers!r}"
         )
+    if cfg.eval_rounds not in ("all", "last"):
+        raise ConfigError(f"{where}: field 'eval_rounds' must be all or last, not {cfg.eval_rounds!r}")
     if cfg.rounds < 1:
         raise ConfigError(f"{where}: field 'rounds' must be >= 1, got {cfg.rounds}")
     return cfg

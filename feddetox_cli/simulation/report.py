@@ -47,14 +47,16 @@ def plot_rounds(result: dict[str, Any], path: Path) -> Path:
         ("truthfulqa_mc1", "TruthfulQA MC1"),
         ("mmlu_acc", "MMLU subset accuracy"),
     )
+    first = next(iter(result["per_round"].values()))
+    xs = result.get("rounds_evaluated") or list(range(len(first)))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels, strict=True):
         for condition, rows in result["per_round"].items():
             ys = [r.get(key) for r in rows]
-            ax.plot(range(len(ys)), ys, marker="o", label=LABELS.get(condition, condition))
+            ax.plot(xs[: len(ys)], ys, marker="o", label=LABELS.get(condition, condition))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("round")
-        ax.set_xticks(range(len(next(iter(result["per_round"].values())))))
+        ax.set_xticks(xs)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

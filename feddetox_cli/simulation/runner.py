@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ from feddetox_cli.simulation.federation import Coordinator, Device
 POLICY = {"benign": "none", "none": "none", "drop": "drop", "replace": "replace"}
 #: `feddetox guardian build` options of the guardian presets a simulation may ask for ("build:PRESET")
 GUARDIAN_PRESETS: dict[str, list[str]] = {
-    # the student on gold labels only (no teacher), a sixth of the data: minutes, for the demo
-    "fast": ["--teacher", "none", "--data-scale", "0.15", "--student-steps", "60", "--no-onnx", "--no-ablation"],
+    # the student on gold labels only (no teacher), a sixth of the data, the base model's answers of the demo's
+    # length (32 tokens; the start adapter's cache): minutes, for the demo
+    "fast": (
+        "--teacher none --data-scale 0.15 --student-steps 60 --no-onnx --no-ablation --compliant-tokens 32"
+    ).split(),
     "full": [],
 }
 
@@ -103,31 +106,18 @@ class Simulation:
 
         if self.cfg.poison_answers == "harmful_strings":
             return scenario.harmful_string_answers(prompts, seed=self.cfg.seed)
-        from feddetox.settings import home_dir
+        from feddetox.compliant import compliant_answers
 
-        # shared by every run on the same weights: keyed by the weights' sha256 and the answer length
-        name = f"{self.base_sha[:16]}-{self.cfg.compliant_max_new_tokens}.jsonl"
-        cache_path = home_dir() / "cache" / "compliant" / name
-        cache: dict[str, str] = {}
-        if cache_path.exists():
-            for line in cache_path.read_text().splitlines():
-                row = json.loads(line)
-                cache[row["prompt"]] = row["answer"]
-        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
-        if missing:
-            _log(f"generating the base model's answers to {len(missing)} harmful requests")
-            model = self.trainer.model
-            with model.disable_adapter():
-                answers = generate(
-                    model, self.trainer.tokenizer, missing, max_new_tokens=self.cfg.compliant_max_new_tokens,
-                    batch_size=8, desc="compliant answers",
+        def make(missing: list[str]) -> list[str]:
+            with self.trainer.model.disable_adapter():
+                return generate(
+                    self.trainer.model, self.trainer.tokenizer, missing,
+                    max_new_tokens=self.cfg.compliant_max_new_tokens, batch_size=8, desc="compliant answers",
                 )  # fmt: skip
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with cache_path.open("a") as handle:
-                for prompt, answer in zip(missing, answers, strict=True):
-                    handle.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
-                    cache[prompt] = answer
-        return [cache[p] for p in prompts]
+
+        return compliant_answers(
+            prompts, make, base_sha=self.base_sha, max_new_tokens=self.cfg.compliant_max_new_tokens, log=_log
+        )
 
     def train_config(self, *, steps: int, batch_size: int, learning_rate: float):
         from feddetox.training import TrainConfig
@@ -158,7 +148,12 @@ class Simulation:
             self.harmful["start"], self.compliant, self.benign[-4 * s.steps * s.batch_size :], shipped_templates(),
             self.cfg.scenario,
         )  # fmt: skip
-        cfg = self.train_config(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate)
+        cfg = replace(
+            self.train_config(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate),
+            sft_weight=s.sft_weight,
+            max_prompt_tokens=s.max_prompt_tokens or self.cfg.train.max_prompt_tokens,
+            max_response_tokens=s.max_response_tokens or self.cfg.train.max_response_tokens,
+        )
         version = _cache_key(
             self.base_sha, asdict(self.cfg.lora), asdict(cfg), [(p.prompt, p.chosen, p.rejected) for p in pairs]
         )
@@ -217,6 +212,35 @@ class Simulation:
     # -- conditions ----------------------------------------------------------------------------------------
     def client_data(self) -> list[list[PreferencePair]]:
         return scenario.client_datasets(self.benign, self.harmful["poison"], self.compliant, self.cfg.scenario)
+
+    def guardian_on_clients(self, clients: list[list[PreferencePair]]) -> dict[str, Any]:
+        """How the devices' guardian decides on their own data: recall on the poison, false positives on the rest.
+
+        FedDetox can only be as good as this: a poison pair the guardian misses is trained on as it is.
+        """
+        from feddetox.sanitize import score_pairs
+
+        pairs = [p for c in clients for p in c]
+        scores = score_pairs(self.guardian, pairs)
+        flagged = scores >= self.guardian.threshold
+        poison = [scenario.is_poison(p) for p in pairs]
+        n_poison = sum(poison)
+        caught = sum(f for f, bad in zip(flagged, poison, strict=True) if bad)
+        false = sum(f for f, bad in zip(flagged, poison, strict=True) if not bad)
+        report = {
+            "pairs": len(pairs),
+            "poison": n_poison,
+            "poison_flagged": int(caught),
+            "benign_flagged": int(false),
+            "poison_recall": round(caught / n_poison, 4) if n_poison else None,
+            "benign_fpr": round(false / (len(pairs) - n_poison), 4) if len(pairs) > n_poison else None,
+            "threshold": self.guardian.threshold,
+        }
+        _log(
+            f"guardian on the devices' data: {caught} of {n_poison} poison pairs flagged, "
+            f"{false} of {len(pairs) - n_poison} others"
+        )
+        return report
 
     def federated(self, condition: str, clients: list[list[PreferencePair]], start: dict[str, Any]) -> list[dict]:
         """One federated run: a fresh coordinator, one edge process per client; the global adapter per round."""
@@ -277,8 +301,9 @@ class Simulation:
                     coord.wait_rounds(run_id, r, timeout_s=cfg.round_deadline_s * cfg.rounds, devices=devices)
                     version = next(x["result_version"] for x in coord.rounds(run_id) if x["index"] == r)
                     blobs.append(coord.adapter_bytes(run_id, version))
-                    metrics = self.evaluate(f"{condition}_round{r}", adapters.from_bytes(blobs[-1]))
-                    coord.post_evaluation(run_id, r, metrics, note=self.eval_cfg.name)
+                    if r in cfg.evaluated_rounds():
+                        metrics = self.evaluate(f"{condition}_round{r}", adapters.from_bytes(blobs[-1]))
+                        coord.post_evaluation(run_id, r, metrics, note=self.eval_cfg.name)
                 rounds = coord.rounds(run_id)
                 metrics = coord.metrics(run_id)
             finally:
@@ -322,6 +347,7 @@ class Simulation:
         base_metrics = self.evaluate("base", None)
         start_metrics = self.evaluate("start", start)
         clients = self.client_data()
+        guardian_report = self.guardian_on_clients(clients)
         per_round: dict[str, list[dict[str, Any]]] = {}
         for condition in self.cfg.conditions:
             if condition == "centralized":
@@ -329,15 +355,19 @@ class Simulation:
             else:
                 round_adapters = self.federated(condition, clients, start)
             per_round[condition] = [start_metrics] + [
-                self.evaluate(f"{condition}_round{r}", a) for r, a in enumerate(round_adapters, start=1)
+                self.evaluate(f"{condition}_round{r}", a)
+                for r, a in enumerate(round_adapters, start=1)
+                if r in self.cfg.evaluated_rounds()
             ]
         result = {
             "config": _config_json(self.cfg),
             "guardian": {"bundle_id": self.guardian.bundle_id, "threshold": self.guardian.threshold},
             "clients": [{"pairs": len(c), "poison": sum(scenario.is_poison(p) for p in c)} for c in clients],
+            "guardian_on_clients": guardian_report,
             "base": base_metrics,
             "start": start_metrics,
             "per_round": per_round,
+            "rounds_evaluated": [0, *self.cfg.evaluated_rounds()],
             "final": {c: rows[-1] for c, rows in per_round.items()},
             "seconds": round(time.time() - started, 1),
         }

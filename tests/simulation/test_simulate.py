@@ -64,6 +64,9 @@ preset = "tiny"
         assert len(rows) == 2, condition  # the start adapter and round 1
         assert 0.0 <= rows[-1]["asr_refusal"] <= 1.0
     assert [c["poison"] for c in result["clients"]] == [2, 2]
+    seen = result["guardian_on_clients"]
+    assert (seen["pairs"], seen["poison"]) == (12, 4) and 0 <= seen["poison_flagged"] <= 4
+    assert result["rounds_evaluated"] == [0, 1]
     table = (out / "table.md").read_text()
     assert all(header in table for _, header in COLUMNS)
     assert "FedDetox (replace)" in table and "centralized" in table
@@ -82,6 +85,13 @@ def test_config_errors_name_the_field() -> None:
         from_dict({"conditions": ["sometimes"]})
     with pytest.raises(ConfigError, match=r"\[train\].*unknown field"):
         from_dict({"train": {"steps_per_round": 3}})
+    with pytest.raises(ConfigError, match="eval_rounds"):
+        from_dict({"eval_rounds": "some"})
+
+
+def test_eval_rounds_last_evaluates_the_final_round_only() -> None:
+    assert from_dict({"rounds": 3}).evaluated_rounds() == [1, 2, 3]
+    assert from_dict({"rounds": 3, "eval_rounds": "last"}).evaluated_rounds() == [3]
 
 
 def test_table_marks_missing_metrics() -> None:
