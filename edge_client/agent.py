@@ -567,6 +567,19 @@ class EdgeAgent:
         return self._trainers[key]
 
 
+#: how far apart the training seeds of consecutive rounds are (a prime, so that runs with nearby seeds differ)
+ROUND_SEED_STRIDE = 7919
+
+
+def round_seed(run_seed: int, round_index: int) -> int:
+    """The local training seed of a round: the run's seed, moved on by the round.
+
+    With one seed for every round, a device whose steps cover half of its pairs would draw the same half
+    each round and never train on the rest (nor on a poison pair its guardian replaced there).
+    """
+    return int(run_seed) + ROUND_SEED_STRIDE * int(round_index)
+
+
 def _train_config(assignment: Assignment) -> Any:
     from feddetox.training import TrainConfig
 
@@ -579,7 +592,7 @@ def _train_config(assignment: Assignment) -> Any:
         grad_accumulation=t.grad_accumulation,
         max_prompt_tokens=t.max_prompt_tokens,
         max_response_tokens=t.max_response_tokens,
-        seed=int(t.seed),
+        seed=round_seed(t.seed, assignment.round_index),
     )
 
 

@@ -122,3 +122,25 @@ def test_a_corrupt_state_file_names_itself(tmp_path):
     (tmp_path / "task.json").write_text("{not json")
     with pytest.raises(DataError, match="task.json"):
         state.current()
+
+
+def test_each_round_trains_on_another_order_of_the_local_pairs() -> None:
+    """With one seed for every round, 8 pairs per round out of 16 would be the same 8 each round."""
+    from edge_client.agent import _train_config
+    from edge_client.assignment import Assignment, TrainingSettings
+    from feddetox.adapters import LoraSpec
+    from feddetox.training.batches import pair_order
+
+    def assignment(round_index: int) -> Assignment:
+        return Assignment(
+            run_id="r", round_index=round_index, assignment_id="a", base_model="m", base_model_sha256="0" * 64,
+            lora=LoraSpec(r=4, alpha=8.0, target_modules=("q_proj",)), adapter_version=1, adapter_sha256="0" * 64,
+            training=TrainingSettings(local_steps=4, batch_size=2, seed=3), adapter_size=1, guardian_id="g",
+            guardian_threshold=None, sanitization_policy="replace",
+        )  # fmt: skip
+
+    seeds = [_train_config(assignment(r)).seed for r in (1, 2, 3)]
+    assert len(set(seeds)) == 3
+    assert seeds == [_train_config(assignment(r)).seed for r in (1, 2, 3)]  # and the same on every run
+    covered = {i for s in seeds[:2] for i in pair_order(16, 8, s)}
+    assert len(covered) > 8
