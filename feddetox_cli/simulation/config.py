@@ -70,6 +70,11 @@ class SimulationConfig:
     eval_overrides: dict[str, Any] = field(default_factory=dict)
     #: a guardian bundle folder, or "build:PRESET" to build (and cache) one with `feddetox guardian build`
     guardian: str = "build:fast"
+    #: the devices' guardian threshold: "bundle" (the bundle's own, calibrated on its validation set, where
+    #: prompts alone such as XSTest's dominate), "benign-pairs" (calibrated to `guardian_fpr` on held-out
+    #: benign preference pairs, what the devices actually score), or a number in (0, 1)
+    guardian_threshold: str | float = "benign-pairs"
+    guardian_fpr: float = 0.05
     #: where the poison's compliant answers come from: "model" (the base model's greedy answers) or
     #: "harmful_strings" (AdvBench's harmful strings, one per request by hash)
     poison_answers: str = "model"
@@ -139,6 +144,11 @@ def from_dict(raw: dict[str, Any], *, where: str = "config") -> SimulationConfig
         raise ConfigError(
             f"{where}: field 'poison_answers' must be model or harmful_strings, not {cfg.poison_answers!r}"
         )
+    t = cfg.guardian_threshold
+    if not (t in ("bundle", "benign-pairs") or (isinstance(t, (int, float)) and 0 < t < 1)):
+        raise ConfigError(f"{where}: field 'guardian_threshold' must be bundle, benign-pairs or in (0, 1), not {t!r}")
+    if not 0 < cfg.guardian_fpr < 1:
+        raise ConfigError(f"{where}: field 'guardian_fpr' must be in (0, 1), got {cfg.guardian_fpr}")
     if cfg.eval_rounds not in ("all", "last"):
         raise ConfigError(f"{where}: field 'eval_rounds' must be all or last, not {cfg.eval_rounds!r}")
     if cfg.rounds < 1:

@@ -128,6 +128,11 @@ class Simulation:
             max_prompt_tokens=t.max_prompt_tokens, max_response_tokens=t.max_response_tokens, seed=self.cfg.seed,
         )  # fmt: skip
 
+    def start_benign_pool(self) -> list[PreferencePair]:
+        """The benign pairs the start adapter's helpful and anti-refusal pairs come from (the pool's end)."""
+        s = self.cfg.start
+        return self.benign[-4 * s.steps * s.batch_size :]
+
     def start_adapter(self) -> dict[str, Any]:
         """The round-0 adapter (PEFT format), kept in the output folder.
 
@@ -145,7 +150,7 @@ class Simulation:
             return adapters.load_peft(folder)[0]
         s = self.cfg.start
         pairs = scenario.start_pairs(
-            self.harmful["start"], self.compliant, self.benign[-4 * s.steps * s.batch_size :], shipped_templates(),
+            self.harmful["start"], self.compliant, self.start_benign_pool(), shipped_templates(),
             self.cfg.scenario,
         )  # fmt: skip
         cfg = replace(
@@ -213,6 +218,30 @@ class Simulation:
     def client_data(self) -> list[list[PreferencePair]]:
         return scenario.client_datasets(self.benign, self.harmful["poison"], self.compliant, self.cfg.scenario)
 
+    def device_threshold(self, clients: list[list[PreferencePair]]) -> dict[str, Any]:
+        """The threshold the devices use, and how it was found (see `SimulationConfig.guardian_threshold`).
+
+        "benign-pairs": the guardian scores up to 200 benign pairs that no client holds and the start adapter
+        did not train on; the threshold lets `guardian_fpr` of them through as unsafe, at most.
+        """
+        from export.calibration import threshold_for_fpr
+        from feddetox.sanitize import score_pairs
+
+        setting = self.cfg.guardian_threshold
+        if setting == "bundle":
+            return {"threshold": self.guardian.threshold, "from": "bundle"}
+        if setting != "benign-pairs":
+            return {"threshold": float(setting), "from": "config"}
+        used = {p.prompt for c in clients for p in c} | {p.prompt for p in self.start_benign_pool()}
+        held = [p for p in self.benign if p.prompt not in used][:200]
+        scores = score_pairs(self.guardian, held)
+        threshold = threshold_for_fpr(scores, self.cfg.guardian_fpr)
+        _log(
+            f"device threshold {threshold:.3f}: {self.cfg.guardian_fpr:.0%} FPR on {len(held)} held-out benign pairs "
+            f"(the bundle's is {self.guardian.threshold:.3f})"
+        )
+        return {"threshold": threshold, "from": "benign-pairs", "pairs": len(held), "target_fpr": self.cfg.guardian_fpr}
+
     def guardian_on_clients(self, clients: list[list[PreferencePair]]) -> dict[str, Any]:
         """How the devices' guardian decides on their own data: recall on the poison, false positives on the rest.
 
@@ -222,7 +251,7 @@ class Simulation:
 
         pairs = [p for c in clients for p in c]
         scores = score_pairs(self.guardian, pairs)
-        flagged = scores >= self.guardian.threshold
+        flagged = scores >= self.threshold
         poison = [scenario.is_poison(p) for p in pairs]
         n_poison = sum(poison)
         caught = sum(f for f, bad in zip(flagged, poison, strict=True) if bad)
@@ -234,7 +263,7 @@ class Simulation:
             "benign_flagged": int(false),
             "poison_recall": round(caught / n_poison, 4) if n_poison else None,
             "benign_fpr": round(false / (len(pairs) - n_poison), 4) if len(pairs) > n_poison else None,
-            "threshold": self.guardian.threshold,
+            "threshold": self.threshold,
         }
         _log(
             f"guardian on the devices' data: {caught} of {n_poison} poison pairs flagged, "
@@ -272,6 +301,7 @@ class Simulation:
                          "max_prompt_tokens": cfg.train.max_prompt_tokens,
                          "max_response_tokens": cfg.train.max_response_tokens, "seed": cfg.seed},
             "guardian_id": self.guardian.bundle_id,
+            "guardian_threshold": self.threshold,
             "sanitization_policy": POLICY[condition],
             "selection_seed": cfg.seed,
         }  # fmt: skip
@@ -347,6 +377,8 @@ class Simulation:
         base_metrics = self.evaluate("base", None)
         start_metrics = self.evaluate("start", start)
         clients = self.client_data()
+        calibration = self.device_threshold(clients)
+        self.threshold = calibration["threshold"]
         guardian_report = self.guardian_on_clients(clients)
         per_round: dict[str, list[dict[str, Any]]] = {}
         for condition in self.cfg.conditions:
@@ -361,7 +393,11 @@ class Simulation:
             ]
         result = {
             "config": _config_json(self.cfg),
-            "guardian": {"bundle_id": self.guardian.bundle_id, "threshold": self.guardian.threshold},
+            "guardian": {
+                "bundle_id": self.guardian.bundle_id,
+                "threshold": self.guardian.threshold,
+                "device_threshold": calibration,
+            },
             "clients": [{"pairs": len(c), "poison": sum(scenario.is_poison(p) for p in c)} for c in clients],
             "guardian_on_clients": guardian_report,
             "base": base_metrics,

@@ -67,6 +67,10 @@ preset = "tiny"
     seen = result["guardian_on_clients"]
     assert (seen["pairs"], seen["poison"]) == (12, 4) and 0 <= seen["poison_flagged"] <= 4
     assert result["rounds_evaluated"] == [0, 1]
+    # the devices' threshold was calibrated on benign pairs no client holds, and sent with the run
+    calibration = result["guardian"]["device_threshold"]
+    assert calibration["from"] == "benign-pairs" and calibration["pairs"] > 0
+    assert seen["threshold"] == calibration["threshold"]
     table = (out / "table.md").read_text()
     assert all(header in table for _, header in COLUMNS)
     assert "FedDetox (replace)" in table and "centralized" in table
@@ -87,6 +91,10 @@ def test_config_errors_name_the_field() -> None:
         from_dict({"train": {"steps_per_round": 3}})
     with pytest.raises(ConfigError, match="eval_rounds"):
         from_dict({"eval_rounds": "some"})
+    with pytest.raises(ConfigError, match="guardian_threshold"):
+        from_dict({"guardian_threshold": 1.5})
+    with pytest.raises(ConfigError, match="guardian_fpr"):
+        from_dict({"guardian_fpr": 0})
 
 
 def test_eval_rounds_last_evaluates_the_final_round_only() -> None:
