@@ -758,6 +758,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--ks", default=",".join(map(str, KS)), help="aggregation sizes K")
     parser.add_argument("--name", default="coordinator", help="result name (bench/results/<name>.json)")
+    parser.add_argument(
+        "--add-to",
+        type=Path,
+        help="an earlier result: keep its figures of the parts not rerun (and their load), recompute the goals",
+    )
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1,000 connections need more than 1,024 files
@@ -800,10 +805,23 @@ def main(argv: list[str] | None = None) -> int:
         "Load latencies are as the devices see them, from client processes sharing the same 2 cores as the"
         " coordinator (and other work: see load).",
     ]
+    if args.add_to:
+        earlier = json.loads(args.add_to.read_text())
+        rerun = {"agg": "aggregation", "upload": "upload", "load": "load"}
+        for part, key in rerun.items():
+            if part not in parts and key in earlier["figures"]:
+                figures[key] = earlier["figures"][key]
+                parts.add(part)
+        load["earlier_parts"] = {"date": earlier["date"], "load": earlier["load"]}
+        notes.append(
+            f"Parts {', '.join(sorted(set(rerun) - set(args.parts.split(','))))} are those of the run of "
+            f"{earlier['date']} (load under load.earlier_parts); the others were rerun."
+        )
     goals = goals_of(figures) if parts == {"agg", "upload", "load"} else {}
     path = write_result(
         args.name,
-        command="python bench/coordinator.py",
+        command="python bench/coordinator.py"
+        + (f" --parts {args.parts} --add-to bench/results/{args.add_to.name}" if args.add_to else ""),
         figures=figures,
         goals=goals,
         load=load,
