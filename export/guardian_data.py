@@ -48,6 +48,10 @@ from feddetox.evaluation.refusal import is_refusal, xstest_refusal
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
+#: changes when the sources or their labelling change, so that cached guardians built from older data are not
+#: taken for current ones (2: model-written compliant answers, real refusals only, no poison-part prompts)
+DATA_VERSION = 2
+
 #: the most conversations taken from each source (before the split); None = all
 DEFAULT_CAPS: dict[str, int | None] = {
     "advbench-target": None,

@@ -457,7 +457,10 @@ def _ensure_guardian(spec: str, out: Path) -> Path:
     preset = spec.split(":", 1)[1]
     if preset not in GUARDIAN_PRESETS:
         raise ConfigError(f"field 'guardian': unknown preset {preset!r}; known: {', '.join(GUARDIAN_PRESETS)}")
-    bundle = home_dir() / "guardians" / preset
+    # a preset's bundle is cached by what builds it: a changed preset or guardian data builds a new one
+    from export.guardian_data import DATA_VERSION
+
+    bundle = home_dir() / "guardians" / f"{preset}-{_cache_key(GUARDIAN_PRESETS[preset], DATA_VERSION)}"
     if not (bundle / "manifest.json").exists():
         _log(f"building the guardian bundle (preset {preset}); it is cached in {bundle}")
         cmd = [
