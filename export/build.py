@@ -97,15 +97,9 @@ def compliant_generator(name: str, max_new_tokens: int, progress: Callable[[str]
     """prompts -> the model's greedy answers, through the shared on-disk cache; the model loads when needed."""
     from feddetox.compliant import compliant_answers
     from feddetox.evaluation.generate import generate
-    from feddetox.models.loading import load_causal_lm, resolve, weights_sha256
-    from feddetox.models.registry import REGISTRY
+    from feddetox.models.loading import load_causal_lm, resolve_pulling, weights_sha256
 
-    if name in REGISTRY:
-        from feddetox.models.store import is_cached, pull
-
-        if not is_cached(name):
-            pull(name)
-    path = resolve(name)
+    path = resolve_pulling(name)
     sha = weights_sha256(path)
     loaded: list = []
 

@@ -5,7 +5,7 @@
 
 `resolve` decides what a name means: a registry name is its cached folder (checked; not pulled here), an
 existing path is itself, and an `org/name` hub id goes to `from_pretrained` as it is. Anything else is an
-error that says which and what to run.
+error that says which and what to run. `resolve_pulling` pulls a registry model first when it is missing.
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ def resolve(name_or_path: str | Path) -> str:
         f"unknown model {text!r}: not a registry name ({known}), not an existing folder, not an `org/name` hub id",
         hint="run `feddetox models list`",
     )
+
+
+def resolve_pulling(name_or_path: str | Path) -> str:
+    """`resolve`, after pulling a registry model that is not cached yet (for commands that set up on their own)."""
+    if str(name_or_path) in REGISTRY and not store.is_cached(str(name_or_path)):
+        store.pull(str(name_or_path))
+    return resolve(name_or_path)
 
 
 def _check_folder(source: str, *, needs_weights: bool) -> None:

@@ -81,13 +81,13 @@ class Simulation:
 
         from feddetox.evaluation.suite import EvalConfig, eval_prompt_set, select_eval_sets
         from feddetox.guardian import load_guardian
-        from feddetox.models.loading import resolve, weights_sha256
+        from feddetox.models.loading import resolve_pulling, weights_sha256
         from feddetox.training import LoraDpoTrainer
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         _log(f"base model {cfg.base_model}")
-        self.base_path = resolve(_ensure_model(cfg.base_model))
+        self.base_path = resolve_pulling(cfg.base_model)
         self.base_sha = weights_sha256(self.base_path)
         self.guardian_dir = _ensure_guardian(cfg.guardian, self.out)
         self.guardian = load_guardian(self.guardian_dir)
@@ -429,17 +429,6 @@ def _model_id(name_or_path: str) -> str:
     if "/" in name_or_path and Path(name_or_path).expanduser().exists():
         return re.sub(r"[^A-Za-z0-9._-]", "-", Path(name_or_path).name) or "local-model"
     return name_or_path
-
-
-def _ensure_model(name: str) -> str:
-    from feddetox.models.registry import REGISTRY
-
-    if name in REGISTRY:
-        from feddetox.models.store import is_cached, pull
-
-        if not is_cached(name):
-            pull(name)
-    return name
 
 
 def _ensure_guardian(spec: str, out: Path) -> Path:
