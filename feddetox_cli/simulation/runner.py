@@ -242,34 +242,30 @@ class Simulation:
         )
         return {"threshold": threshold, "from": "benign-pairs", "pairs": len(held), "target_fpr": self.cfg.guardian_fpr}
 
-    def guardian_on_clients(self, clients: list[list[PreferencePair]]) -> dict[str, Any]:
+    def guardian_on_clients(self, clients: list[list[PreferencePair]], threshold: float) -> dict[str, Any]:
         """How the devices' guardian decides on their own data: recall on the poison, false positives on the rest.
 
         FedDetox can only be as good as this: a poison pair the guardian misses is trained on as it is.
         """
+        import numpy as np
+
         from feddetox.sanitize import score_pairs
 
         pairs = [p for c in clients for p in c]
-        scores = score_pairs(self.guardian, pairs)
-        flagged = scores >= self.threshold
-        poison = [scenario.is_poison(p) for p in pairs]
-        n_poison = sum(poison)
-        caught = sum(f for f, bad in zip(flagged, poison, strict=True) if bad)
-        false = sum(f for f, bad in zip(flagged, poison, strict=True) if not bad)
-        report = {
+        flagged = score_pairs(self.guardian, pairs) >= threshold
+        poison = np.array([scenario.is_poison(p) for p in pairs], dtype=bool)
+        n_poison, n_other = int(poison.sum()), int((~poison).sum())
+        caught, false = int((flagged & poison).sum()), int((flagged & ~poison).sum())
+        _log(f"guardian on the devices' data: {caught} of {n_poison} poison pairs flagged, {false} of {n_other} others")
+        return {
             "pairs": len(pairs),
             "poison": n_poison,
-            "poison_flagged": int(caught),
-            "benign_flagged": int(false),
+            "poison_flagged": caught,
+            "benign_flagged": false,
             "poison_recall": round(caught / n_poison, 4) if n_poison else None,
-            "benign_fpr": round(false / (len(pairs) - n_poison), 4) if len(pairs) > n_poison else None,
-            "threshold": self.threshold,
+            "benign_fpr": round(false / n_other, 4) if n_other else None,
+            "threshold": threshold,
         }
-        _log(
-            f"guardian on the devices' data: {caught} of {n_poison} poison pairs flagged, "
-            f"{false} of {len(pairs) - n_poison} others"
-        )
-        return report
 
     def federated(self, condition: str, clients: list[list[PreferencePair]], start: dict[str, Any]) -> list[dict]:
         """One federated run: a fresh coordinator, one edge process per client; the global adapter per round."""
@@ -379,7 +375,7 @@ class Simulation:
         clients = self.client_data()
         calibration = self.device_threshold(clients)
         self.threshold = calibration["threshold"]
-        guardian_report = self.guardian_on_clients(clients)
+        guardian_report = self.guardian_on_clients(clients, self.threshold)
         per_round: dict[str, list[dict[str, Any]]] = {}
         for condition in self.cfg.conditions:
             if condition == "centralized":
