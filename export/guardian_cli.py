@@ -114,13 +114,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _rescore(bundle: Path) -> list[dict]:
+    from export.build import compliant_generator
     from export.evaluate import quality_rows, test_pool
     from export.guardian_data import build_guardian_data
     from feddetox.guardian import load_guardian
 
     guardian = load_guardian(bundle)
     build = guardian.manifest.metrics.get("build", {})
-    data = build_guardian_data(seed=int(build.get("seed", 0)), scale=float(build.get("data_scale", 1.0)))
+    # the same test sets as the build: its model-written answers come back from the shared cache
+    name = build.get("compliant_model")
+    compliant = compliant_generator(name, int(build.get("compliant_tokens", 64)), print) if name else None
+    data = build_guardian_data(
+        seed=int(build.get("seed", 0)), scale=float(build.get("data_scale", 1.0)), compliant=compliant
+    )
     pool = test_pool(data["test"])
     model = "student .pte int8"
     return quality_rows({model: guardian.score(pool)}, pool, {model: guardian.threshold})
