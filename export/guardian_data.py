@@ -113,21 +113,16 @@ def start_part_requests(seed: int = 0) -> list[Conversation]:
     return harmful_requests(seed=seed)["start"]
 
 
-def _refusals(seed: int) -> dict[str, list[Conversation]]:
+def _refusals(requests: list[Conversation]) -> dict[str, list[Conversation]]:
     return {
         "safety-tuned-llamas": [
-            _conv(c.prompt, c.response, 0, "safety-tuned-llamas")
-            for c in start_part_requests(seed)
-            if xstest_refusal(c.response)
+            _conv(c.prompt, c.response, 0, "safety-tuned-llamas") for c in requests if xstest_refusal(c.response)
         ]
     }
 
 
-def model_compliant(
-    compliant: Callable[[list[str]], list[str]], *, seed: int = 0, limit: int | None = None
-) -> list[Conversation]:
-    """(request, the model's own answer) for the first `limit` start-part requests; refusing answers left out."""
-    requests = start_part_requests(seed)[:limit]
+def model_compliant(compliant: Callable[[list[str]], list[str]], requests: list[Conversation]) -> list[Conversation]:
+    """(request, the model's own answer) for each request; refusing and empty answers are left out."""
     answers = compliant([r.prompt for r in requests])
     return [
         _conv(r.prompt, answer, 1, "model-compliant")
@@ -183,12 +178,13 @@ def build_guardian_data(
     caps = {**DEFAULT_CAPS, **(caps or {})}
     rng = random.Random(seed)
     parts: dict[str, list[Conversation]] = {name: [] for name in FRACTIONS}
-    loaders = [*SOURCES, lambda: _refusals(seed)]
+    start = start_part_requests(seed)
+    loaders = [*SOURCES, lambda: _refusals(start)]
     if compliant is not None:
         # the first requests in data set order (not shuffled): the start adapter asks for the same ones, so the
         # answers are generated once for both
-        limit = _limit(caps.get("model-compliant"), 10**9, scale)
-        loaders.append(lambda: {"model-compliant": model_compliant(compliant, seed=seed, limit=limit)})
+        asked = start[: _limit(caps.get("model-compliant"), len(start), scale)]
+        loaders.append(lambda: {"model-compliant": model_compliant(compliant, asked)})
     for load in loaders:
         for source, items in load().items():
             items = _dedupe(items)
