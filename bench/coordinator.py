@@ -807,15 +807,16 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.add_to:
         earlier = json.loads(args.add_to.read_text())
-        rerun = {"agg": "aggregation", "upload": "upload", "load": "load"}
-        for part, key in rerun.items():
+        kept = []
+        for part, key in {"agg": "aggregation", "upload": "upload", "load": "load"}.items():
             if part not in parts and key in earlier["figures"]:
                 figures[key] = earlier["figures"][key]
-                parts.add(part)
+                kept.append(part)
+        parts.update(kept)
         load["earlier_parts"] = {"date": earlier["date"], "load": earlier["load"]}
         notes.append(
-            f"Parts {', '.join(sorted(set(rerun) - set(args.parts.split(','))))} are those of the run of "
-            f"{earlier['date']} (load under load.earlier_parts); the others were rerun."
+            f"Parts {', '.join(kept)} are those of the run of {earlier['date']} (load under load.earlier_parts);"
+            " the others were rerun."
         )
     goals = goals_of(figures) if parts == {"agg", "upload", "load"} else {}
     path = write_result(

@@ -189,6 +189,20 @@ def _time_program(buffer: bytes, inputs, runs: int = RUNS) -> dict[str, float]:
     return _latency_ms(lambda: method.execute(inputs), runs=runs)
 
 
+def _study_row(variant: str, size: int, pieces, outside, timing: dict[str, float], gmacs: float) -> dict:
+    """One program of the study: its size, lowering, latency and the GOP/s its CPU time implies."""
+    return {
+        "variant": variant,
+        "pte_mb": round(size / 1e6, 2),
+        "xnnpack_pieces": pieces,
+        "ops_outside_xnnpack": outside,
+        "ms_p50": timing["p50"],
+        "ms_p95": timing["p95"],
+        "cpu_ms_p50": timing["cpu_p50"],
+        "gop_per_s_cpu": round(2 * gmacs / (timing["cpu_p50"] / 1000), 1),
+    }
+
+
 def latency_study(bundle: Path, work: Path, *, slow: bool = False, progress=print) -> dict:
     """Each export variant's .pte size, lowering and latency (1 x 128, one thread), and the linears alone."""
     import executorch.kernels.quantized  # noqa: F401  the quantized embedding kernels
@@ -210,16 +224,9 @@ def latency_study(bundle: Path, work: Path, *, slow: bool = False, progress=prin
     for threads in (1, 2):  # the shipped program, on one thread and on the default pool (one per core)
         set_runtime_threads(threads)
         timing = _time_program(bundle_pte, inputs)
-        rows.append({
-            "variant": f"bundle: {pte.get('embedding')} emb, {pte.get('linear')} linears, {threads} thread(s)",
-            "pte_mb": round(len(bundle_pte) / 1e6, 2),
-            "xnnpack_pieces": pte.get("xnnpack_pieces"),
-            "ops_outside_xnnpack": sum((pte.get("portable_ops") or {}).values()),
-            "ms_p50": timing["p50"],
-            "ms_p95": timing["p95"],
-            "cpu_ms_p50": timing["cpu_p50"],
-            "gop_per_s_cpu": round(2 * macs["total"] / (timing["cpu_p50"] / 1000), 1),
-        })  # fmt: skip
+        name = f"bundle: {pte.get('embedding')} emb, {pte.get('linear')} linears, {threads} thread(s)"
+        outside = sum((pte.get("portable_ops") or {}).values())
+        rows.append(_study_row(name, len(bundle_pte), pte.get("xnnpack_pieces"), outside, timing, macs["total"]))
     set_runtime_threads(1)
     for name, graph, embedding, linear in VARIANTS + (SLOW_VARIANTS if slow else ()):
         progress(f"study: {name} ...")
@@ -231,16 +238,7 @@ def latency_study(bundle: Path, work: Path, *, slow: bool = False, progress=prin
             continue
         pieces, outside, _ = lowering(manager)
         timing = _time_program(manager.buffer, inputs)
-        rows.append({
-            "variant": name,
-            "pte_mb": round(len(manager.buffer) / 1e6, 2),
-            "xnnpack_pieces": pieces,
-            "ops_outside_xnnpack": sum(outside.values()),
-            "ms_p50": timing["p50"],
-            "ms_p95": timing["p95"],
-            "cpu_ms_p50": timing["cpu_p50"],
-            "gop_per_s_cpu": round(2 * macs["total"] / (timing["cpu_p50"] / 1000), 1),
-        })  # fmt: skip
+        rows.append(_study_row(name, len(manager.buffer), pieces, sum(outside.values()), timing, macs["total"]))
         progress(f"study: {name}: {rows[-1]}")
         del manager
     x = torch.randn(1, 128, hf.config.hidden_size)
