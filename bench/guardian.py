@@ -1,7 +1,7 @@
 """The guardian benchmark: quality of the teacher, the distilled student (eager, .pte int8, .onnx int8) and the
 hard-label student on each held-out test set, latency on one thread, file sizes, peak RSS, and the goals.
 
-    python bench/guardian.py                          # uses (or builds) the default bundle, writes the results
+    python bench/guardian.py                          # uses (or builds) the "full" preset's bundle, writes the results
     python bench/guardian.py --bundle guardian/       # a bundle built by `feddetox guardian build --out guardian/`
     python bench/guardian.py --study                  # + what sets the .pte's latency: export variants, GOP/s
 
@@ -111,6 +111,15 @@ def measure_latency(bundle: Path, work: Path, teacher_path: str | None) -> dict[
         teacher = SequenceClassifierTeacher(teacher_path, unsafe_index=1, max_length=128)
         long_conv = type(conv)(conv.prompt * 2, conv.response * 2)  # >= 128 teacher tokens after truncation
         out["teacher"] = _latency_ms(lambda: teacher.score([long_conv], batch_size=1), runs=10)
+        from feddetox.training.precision import fast_bf16_matmul
+
+        if fast_bf16_matmul():  # the teacher scores in fp32 in the build; its bf16 speed shown next to it
+
+            def bf16_score():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    teacher.score([long_conv], batch_size=1)
+
+            out["teacher (bf16 autocast)"] = _latency_ms(bf16_score, runs=10)
     return out
 
 
@@ -292,20 +301,19 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=None, help="default: FEDDETOX_HOME/guardians/default")
-    parser.add_argument("--data-scale", type=float, default=1.0, help="passed to the build when it must build")
+    parser.add_argument(
+        "--bundle", type=Path, default=None, help="a built bundle (default: the 'full' preset's, as the simulation)"
+    )
     parser.add_argument("--study", action="store_true", help="also time export variants (10-20 minutes)")
     parser.add_argument("--study-transformers", action="store_true", help="the study adds transformers' graph")
     args = parser.parse_args(argv)
     before = load_average()
-    from feddetox.settings import home_dir
+    from export.presets import ensure_preset_bundle
 
-    bundle = args.bundle or home_dir() / "guardians" / "default"
+    bundle = args.bundle or ensure_preset_bundle("full")
     work = bundle.with_name(bundle.name + ".work")
     if not (work / "eval.json").is_file():
-        from export.build import BuildConfig, build_guardian
-
-        build_guardian(BuildConfig(out_dir=bundle, data_scale=args.data_scale))
+        parser.error(f"{work / 'eval.json'} is missing: the bundle's work folder holds the build's evaluation")
     from feddetox.guardian import verify_bundle
 
     manifest = verify_bundle(bundle)

@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a model whose own answers to harmful requests are labelled unsafe ('none' leaves them out)",
     )
     build.add_argument("--compliant-tokens", type=int, default=64, help="greedy tokens per compliant answer")
+    build.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast while the students train; auto: on where the CPU has bf16 units",
+    )
     build.add_argument("--seed", type=int, default=0)
 
     ev = sub.add_parser("eval", help="print the quality table of a bundle")
@@ -89,6 +95,7 @@ def _build(args: argparse.Namespace) -> int:
         embedding=args.embedding,
         compliant_model=None if args.compliant_model == "none" else args.compliant_model,
         compliant_tokens=args.compliant_tokens,
+        bf16={"auto": "auto", "on": True, "off": False}[args.bf16],
     )
     build_guardian(cfg, progress=_progress)
     return 0

@@ -27,24 +27,6 @@ from feddetox_cli.simulation.config import LABELS, SimulationConfig
 from feddetox_cli.simulation.federation import Coordinator, Device
 
 POLICY = {"benign": "none", "none": "none", "drop": "drop", "replace": "replace"}
-#: `feddetox guardian build` options of the guardian presets a simulation may ask for ("build:PRESET")
-GUARDIAN_PRESETS: dict[str, list[str]] = {
-    # the student on gold labels only (no teacher), a sixth of the data, the base model's answers of the demo's
-    # length (32 tokens; the start adapter's cache): minutes, for the demo
-    "fast": (
-        "--teacher none --data-scale 0.15 --student-steps 60 --no-onnx --no-ablation --compliant-tokens 32"
-    ).split(),
-    "full": [],
-}
-
-
-def _usable_cores() -> int:
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _cache_key(*parts: Any) -> str:
@@ -434,34 +416,12 @@ def _ensure_guardian(spec: str, out: Path) -> Path:
         if not path.is_dir():
             raise ConfigError(f"field 'guardian': bundle folder {path} does not exist")
         return path
-    import subprocess
-    import sys
-
-    from feddetox.settings import home_dir
+    from export.presets import GUARDIAN_PRESETS, ensure_preset_bundle
 
     preset = spec.split(":", 1)[1]
     if preset not in GUARDIAN_PRESETS:
         raise ConfigError(f"field 'guardian': unknown preset {preset!r}; known: {', '.join(GUARDIAN_PRESETS)}")
-    # a preset's bundle is cached by what builds it: a changed preset or guardian data builds a new one
-    from export.guardian_data import DATA_VERSION
-
-    bundle = home_dir() / "guardians" / f"{preset}-{_cache_key(GUARDIAN_PRESETS[preset], DATA_VERSION)}"
-    if not (bundle / "manifest.json").exists():
-        _log(f"building the guardian bundle (preset {preset}); it is cached in {bundle}")
-        cmd = [
-            sys.executable,
-            "-m",
-            "feddetox_cli",
-            "guardian",
-            "build",
-            "--out",
-            str(bundle),
-            *GUARDIAN_PRESETS[preset],
-            "--threads",
-            str(_usable_cores()),
-        ]
-        subprocess.run(cmd, check=True)
-    return bundle
+    return ensure_preset_bundle(preset, log=_log)
 
 
 def _server_scorer(guardian: Any) -> Any:

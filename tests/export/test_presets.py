@@ -1,0 +1,41 @@
+"""Guardian presets: the simulation and the guardian benchmark find one cached bundle by the same key."""
+
+from __future__ import annotations
+
+import pytest
+
+from export import presets
+from feddetox.errors import ConfigError
+
+
+def test_key_covers_the_options_and_the_data_version(monkeypatch):
+    full, fast = presets.preset_key("full"), presets.preset_key("fast")
+    assert full != fast and len(full) == 16
+    assert presets.preset_key("full") == full  # stable from call to call
+    import export.guardian_data as guardian_data
+
+    monkeypatch.setattr(guardian_data, "DATA_VERSION", guardian_data.DATA_VERSION + 1)
+    assert presets.preset_key("full") != full
+
+
+def test_bundle_lives_under_feddetox_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDDETOX_HOME", str(tmp_path))
+    assert presets.preset_bundle_dir("fast") == tmp_path / "guardians" / f"fast-{presets.preset_key('fast')}"
+
+
+def test_cached_bundle_is_returned_without_a_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDDETOX_HOME", str(tmp_path))
+    bundle = presets.preset_bundle_dir("full")
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cached bundle must not be rebuilt")
+
+    monkeypatch.setattr(presets.subprocess, "run", no_build)
+    assert presets.ensure_preset_bundle("full", log=lambda _: None) == bundle
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(ConfigError, match="'huge' is unknown; known: fast, full"):
+        presets.preset_key("huge")
