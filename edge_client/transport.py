@@ -71,8 +71,13 @@ class RetryPolicy:
     max_attempts: int = 8
 
     def delay(self, attempt: int) -> float:
-        """The wait after failed try number `attempt` (1-based)."""
-        return min(self.max_delay_s, self.initial_s * self.multiplier ** (attempt - 1))
+        """The wait after failed try number `attempt` (1-based); any number of tries stays finite."""
+        delay = self.initial_s
+        for _ in range(attempt - 1):  # multiply up to the cap, so a device down for days never overflows
+            if delay >= self.max_delay_s:
+                break
+            delay *= self.multiplier
+        return min(self.max_delay_s, delay)
 
     def within(self, seconds: float) -> RetryPolicy:
         """The same policy with no more tries than fit in `seconds` of waiting (at least one try)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import grpc
 import pytest
 from edge_helpers import FAST, write_pairs_file
 from minimal_coordinator import CoordinatorState, MinimalCoordinator, Round
@@ -113,6 +114,8 @@ def test_the_agent_survives_a_coordinator_restart_and_reports_counts_when_nothin
         if server._server is None:
             server.start()
             restarts.append(seconds)
+            # the wait a device would spend: until its channel has reconnected (an event, not a clock)
+            grpc.channel_ready_future(agent.client._channel).result(timeout=60)
 
     try:
         agent, out = _agent(

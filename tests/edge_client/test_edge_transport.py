@@ -90,6 +90,9 @@ def test_backoff_is_exponential_and_bounded():
 
     policy = RetryPolicy(initial_s=0.5, multiplier=2.0, max_delay_s=3.0)
     assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    # a device that has failed thousands of times waits the cap, it does not overflow a float
+    assert policy.delay(5000) == 3.0
+    assert RetryPolicy(initial_s=0.0, max_delay_s=0.0).delay(1025) == 0.0
     # --give-up-after S: no more tries than fit in S seconds of waiting
     assert [policy.within(s).max_attempts for s in (0, 0.5, 1.4, 1.5, 100)] == [1, 2, 2, 3, 8]
 
