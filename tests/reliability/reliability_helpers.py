@@ -124,14 +124,16 @@ class Stored:
             counts["enrolment_tokens_used"] = conn.execute(sa.text(used)).scalar_one()
             return counts
 
-    def blobs(self) -> set[str]:
-        """Every file under the blob folder (content, partial sums, temporary files)."""
+    def blobs(self, *, in_flight: bool = True) -> set[str]:
+        """Every file under the blob folder (content, partial sums, and unless `in_flight` is False the temporary
+        files of uploads still being received or discarded under `incoming/`)."""
         if not self.blob_dir.exists():
             return set()
-        return {str(p.relative_to(self.blob_dir)) for p in self.blob_dir.rglob("*") if p.is_file()}
+        files = {str(p.relative_to(self.blob_dir)) for p in self.blob_dir.rglob("*") if p.is_file()}
+        return files if in_flight else {f for f in files if not f.startswith("incoming/")}
 
-    def snapshot(self) -> tuple[dict[str, int], set[str]]:
-        return self.counts(), self.blobs()
+    def snapshot(self, *, in_flight: bool = True) -> tuple[dict[str, int], set[str]]:
+        return self.counts(), self.blobs(in_flight=in_flight)
 
     def rows(self, sql: str, **params) -> list[tuple]:
         with self.engine.connect() as conn:
