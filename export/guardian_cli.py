@@ -12,8 +12,19 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feddetox.errors import FedDetoxError
+
+if TYPE_CHECKING:
+    from export.build import BuildConfig
+
+
+def _default(name: str):
+    """The build's default for one option: `BuildConfig` is the one place that holds them."""
+    from export.build import BuildConfig
+
+    return BuildConfig.__dataclass_fields__[name].default
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,13 +38,17 @@ def _parser() -> argparse.ArgumentParser:
         default="smolguard",
         help="smolguard (default, built here), llama-guard:ID, hf:ID, a,b for an ensemble, or none (gold labels only)",
     )
-    build.add_argument("--teacher-steps", type=int, default=150)
-    build.add_argument("--teacher-batch", type=int, default=16)
-    build.add_argument("--student-steps", type=int, default=300)
-    build.add_argument("--student-batch", type=int, default=32)
-    build.add_argument("--temperature", type=float, default=2.0)
-    build.add_argument("--alpha", type=float, default=0.8, help="weight of the KD term; 1 - alpha goes to gold CE")
-    build.add_argument("--target-fpr", type=float, default=0.05, help="benign false-positive rate to calibrate to")
+    build.add_argument("--teacher-steps", type=int, default=_default("teacher_steps"))
+    build.add_argument("--teacher-batch", type=int, default=_default("teacher_batch"))
+    build.add_argument("--student-steps", type=int, default=_default("student_steps"))
+    build.add_argument("--student-batch", type=int, default=_default("student_batch"))
+    build.add_argument("--temperature", type=float, default=_default("temperature"))
+    build.add_argument(
+        "--alpha", type=float, default=_default("alpha"), help="weight of the KD term; 1 - alpha goes to gold CE"
+    )
+    build.add_argument(
+        "--target-fpr", type=float, default=_default("target_fpr"), help="benign false-positive rate to calibrate to"
+    )
     build.add_argument("--data-scale", type=float, default=1.0, help="scale every per-source cap (0.2 = quick)")
     build.add_argument("--no-onnx", action="store_true", help="skip the .onnx")
     build.add_argument("--no-ablation", action="store_true", help="skip the hard-label student")
@@ -49,14 +64,16 @@ def _parser() -> argparse.ArgumentParser:
         default="smollm2-135m-instruct",
         help="a model whose own answers to harmful requests are labelled unsafe ('none' leaves them out)",
     )
-    build.add_argument("--compliant-tokens", type=int, default=64, help="greedy tokens per compliant answer")
+    build.add_argument(
+        "--compliant-tokens", type=int, default=_default("compliant_tokens"), help="greedy tokens per compliant answer"
+    )
     build.add_argument(
         "--bf16",
         choices=("auto", "on", "off"),
         default="auto",
         help="bf16 autocast while the students train; auto: on where the CPU has bf16 units",
     )
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--seed", type=int, default=_default("seed"))
 
     ev = sub.add_parser("eval", help="print the quality table of a bundle")
     ev.add_argument("bundle", type=Path)
@@ -74,10 +91,15 @@ def _progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _build(args: argparse.Namespace) -> int:
-    from export.build import BuildConfig, build_guardian
+def build_config(argv: list[str]) -> BuildConfig:
+    """The `BuildConfig` that `feddetox guardian build ARGV` runs with (bf16 "auto" still unresolved)."""
+    return _config(_parser().parse_args(["build", *argv]))
 
-    cfg = BuildConfig(
+
+def _config(args: argparse.Namespace) -> BuildConfig:
+    from export.build import BuildConfig
+
+    return BuildConfig(
         out_dir=args.out,
         teacher=args.teacher,
         teacher_steps=args.teacher_steps,
@@ -97,7 +119,12 @@ def _build(args: argparse.Namespace) -> int:
         compliant_tokens=args.compliant_tokens,
         bf16={"auto": "auto", "on": True, "off": False}[args.bf16],
     )
-    build_guardian(cfg, progress=_progress)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from export.build import build_guardian
+
+    build_guardian(_config(args), progress=_progress)
     return 0
 
 

@@ -39,12 +39,19 @@ def usable_cores() -> int:
 
 
 def preset_key(preset: str) -> str:
-    """The cache key of a preset's bundle: its options and the guardian data's version."""
+    """The cache key of a preset's bundle: the build settings its options give (the defaults included, so a
+    changed default builds afresh too) and the guardian data's version."""
+    from dataclasses import asdict
+
+    from export.guardian_cli import build_config
     from export.guardian_data import DATA_VERSION
 
     if preset not in GUARDIAN_PRESETS:
         raise ConfigError(f"guardian preset {preset!r} is unknown; known: {', '.join(GUARDIAN_PRESETS)}")
-    text = json.dumps([GUARDIAN_PRESETS[preset], DATA_VERSION], sort_keys=True, separators=(",", ":"))
+    settings = asdict(build_config(["--out", "-", *GUARDIAN_PRESETS[preset]]))
+    for where in ("out_dir", "threads"):  # where it is written and how many cores build it: not what is built
+        settings.pop(where)
+    text = json.dumps([settings, DATA_VERSION], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

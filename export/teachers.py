@@ -138,6 +138,7 @@ class SequenceClassifierTeacher:
         max_length: int = 128,
         model=None,
         tokenizer=None,
+        bf16: bool = False,
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -153,6 +154,8 @@ class SequenceClassifierTeacher:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.unsafe_index = self._unsafe_index() if unsafe_index is None else unsafe_index
         self.max_length = max_length
+        #: bf16 autocast while scoring: about 3x faster where the CPU multiplies bf16 in hardware
+        self.bf16 = bf16
         self.teacher_id = f"hf-classifier:{name_or_path}"
 
     def _unsafe_index(self) -> int:
@@ -172,7 +175,8 @@ class SequenceClassifierTeacher:
                 truncation=True,
                 max_length=self.max_length,
             )
-            out.append(self.model(**enc).logits.float().numpy())
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out.append(self.model(**enc).logits.float().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
 
     def score(self, conversations: Sequence[Conversation], *, batch_size: int = 16) -> np.ndarray:
@@ -292,8 +296,8 @@ def train_smolguard(
 class SmolGuardTeacher(SequenceClassifierTeacher):
     """The offline default teacher: SmolLM2-135M-Instruct fine-tuned (LoRA + head) on the shipped labels."""
 
-    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 96) -> None:
-        super().__init__(path, unsafe_index=1, max_length=max_length)
+    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 96, bf16: bool = False) -> None:
+        super().__init__(path, unsafe_index=1, max_length=max_length, bf16=bf16)
         self.tokenizer.truncation_side = "left"  # as in training: keep the response, cut the prompt's start
         self.teacher_id = f"{SMOLGUARD_VERSION}:{key}" if key else f"{SMOLGUARD_VERSION}:{Path(path).name}"
 
@@ -310,4 +314,4 @@ class SmolGuardTeacher(SequenceClassifierTeacher):
             tmp.rename(path)
         elif progress is not None:
             progress(f"teacher: cached {path.name}")
-        return cls(path, key=key, max_length=settings.get("max_length", 96))
+        return cls(path, key=key, max_length=settings.get("max_length", 96), bf16=bool(settings.get("bf16", False)))

@@ -39,3 +39,12 @@ def test_cached_bundle_is_returned_without_a_build(tmp_path, monkeypatch):
 def test_unknown_preset_names_the_known_ones():
     with pytest.raises(ConfigError, match="'huge' is unknown; known: fast, full"):
         presets.preset_key("huge")
+
+
+def test_key_follows_the_build_defaults(monkeypatch):
+    """A preset with no options ("full") still gets a new bundle when a default of the build changes."""
+    from export.build import BuildConfig
+
+    full = presets.preset_key("full")
+    monkeypatch.setattr(BuildConfig.__dataclass_fields__["teacher_steps"], "default", 1)
+    assert presets.preset_key("full") != full

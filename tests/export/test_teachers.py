@@ -68,3 +68,12 @@ def test_sequence_classifier_and_ensemble(tiny_bert_path: Path) -> None:
     ens = EnsembleTeacher([clf, clf])
     assert np.allclose(ens.score(convs), p, atol=1e-6)
     assert ens.teacher_id.startswith("ensemble(")
+
+
+def test_bf16_scoring_stays_close_to_fp32(tiny_bert_path: Path) -> None:
+    """The build scores with bf16 autocast where the CPU has bf16 units: logits move by rounding only."""
+    convs = [Conversation(f"question {i} " * (i + 1), "answer " * i) for i in range(12)]
+    fp32 = SequenceClassifierTeacher(tiny_bert_path).logits(convs)
+    bf16 = SequenceClassifierTeacher(tiny_bert_path, bf16=True).logits(convs)
+    assert not np.array_equal(bf16, fp32)  # autocast really ran
+    assert np.abs(bf16 - fp32).max() <= 0.02 * np.abs(fp32).max() + 1e-3
