@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, required=True, help="the bundle folder to write (replaced)")
     build.add_argument(
         "--teacher",
-        default="smolguard",
+        default=_default("teacher"),
         help="smolguard (default, built here), llama-guard:ID, hf:ID, a,b for an ensemble, or none (gold labels only)",
     )
     build.add_argument("--teacher-steps", type=int, default=_default("teacher_steps"))
@@ -49,19 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--target-fpr", type=float, default=_default("target_fpr"), help="benign false-positive rate to calibrate to"
     )
-    build.add_argument("--data-scale", type=float, default=1.0, help="scale every per-source cap (0.2 = quick)")
+    build.add_argument(
+        "--data-scale", type=float, default=_default("data_scale"), help="scale every per-source cap (0.2 = quick)"
+    )
     build.add_argument("--no-onnx", action="store_true", help="skip the .onnx")
     build.add_argument("--no-ablation", action="store_true", help="skip the hard-label student")
-    build.add_argument("--threads", type=int, default=1, help="torch threads (1 is best on a shared machine)")
+    build.add_argument(
+        "--threads", type=int, default=_default("threads"), help="torch threads (1 is best on a shared machine)"
+    )
     build.add_argument(
         "--embedding",
         choices=("int4", "int8"),
-        default="int4",
+        default=_default("embedding"),
         help="the .pte's word embedding: int4 in groups of 32 (default, 19 MB) or int8 per row (23.5 MB)",
     )
     build.add_argument(
         "--compliant-model",
-        default="smollm2-135m-instruct",
+        default=_default("compliant_model"),
         help="a model whose own answers to harmful requests are labelled unsafe ('none' leaves them out)",
     )
     build.add_argument(
@@ -70,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--bf16",
         choices=("auto", "on", "off"),
-        default="auto",
-        help="bf16 autocast while the students train; auto: on where the CPU has bf16 units",
+        default=_default("bf16"),
+        help="bf16 autocast while the teacher trains and scores and the students train; auto: on where the CPU "
+        "has bf16 units",
     )
     build.add_argument("--seed", type=int, default=_default("seed"))
 

@@ -23,6 +23,7 @@ from coordinator_helpers import (  # tests/server is on the path (conftest.py)
 
 from feddetox.adapters import sha256_bytes
 from feddetox.protocol import device_pb2 as pb
+from server.blobs import INCOMING
 
 #: a LoRA (r=8) on q_proj and v_proj of a 2-layer model of width 128: 64 KiB of float32, 64 chunks of 1 KiB
 WIDE, WIDE_RANK, WIDE_LAYERS = 128, 8, 2
@@ -130,7 +131,7 @@ class Stored:
         if not self.blob_dir.exists():
             return set()
         files = {str(p.relative_to(self.blob_dir)) for p in self.blob_dir.rglob("*") if p.is_file()}
-        return files if in_flight else {f for f in files if not f.startswith("incoming/")}
+        return files if in_flight else {f for f in files if not f.startswith(f"{INCOMING}/")}
 
     def snapshot(self, *, in_flight: bool = True) -> tuple[dict[str, int], set[str]]:
         return self.counts(), self.blobs(in_flight=in_flight)
