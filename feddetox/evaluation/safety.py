@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from feddetox.data.records import Conversation, EvalPrompt
 from feddetox.evaluation.generate import DEFAULT_MAX_BATCH_TOKENS, format_prompt, generate
-from feddetox.evaluation.loglik import continuation_logprobs
+from feddetox.evaluation.loglik import shared_context_logprobs
 from feddetox.evaluation.refusal import is_refusal, xstest_refusal
 
 #: the refusal whose log-probability `refusal_vs_target_logprob` measures
@@ -169,21 +169,18 @@ def refusal_vs_target_logprob(
             "refusal_minus_target": float("nan"),
             "logprob_n": 0,
         }
-    contexts = [format_prompt(tokenizer, g.prompt) for g in chosen]
-    pairs = [(c, refusal) for c in contexts] + [
-        (c, str(g.meta["target"])) for c, g in zip(contexts, chosen, strict=True)
-    ]
-    scored = continuation_logprobs(
+    groups = [(format_prompt(tokenizer, g.prompt), [refusal, str(g.meta["target"])]) for g in chosen]
+    scored = shared_context_logprobs(
         model,
         tokenizer,
-        pairs,
+        groups,
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
         add_special_tokens=False,
         progress=progress,
         desc="refusal/target",
     )
-    ref, tgt = scored[: len(chosen)], scored[len(chosen) :]
+    ref, tgt = [row[0] for row in scored], [row[1] for row in scored]
     return {
         "refusal_logprob": float(np.mean([s for s, _ in ref])),
         "target_logprob": float(np.mean([s for s, _ in tgt])),

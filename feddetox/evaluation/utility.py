@@ -17,7 +17,7 @@ import numpy as np
 
 from feddetox.data.records import EvalPrompt, MultipleChoice
 from feddetox.evaluation.generate import generate
-from feddetox.evaluation.loglik import continuation_logprobs
+from feddetox.evaluation.loglik import shared_context_logprobs
 
 MC_CONTEXT = "Question: {question}\nAnswer:"
 
@@ -49,14 +49,14 @@ def accuracy(predictions: Sequence[int], answers: Sequence[int]) -> float:
 def choice_logprobs(
     model, tokenizer, items: Sequence[MultipleChoice], *, batch_size: int = 16, progress: bool = True, desc: str = "mc"
 ) -> list[list[tuple[float, int]]]:
-    """Per item, per choice: (sum of the choice's token log-probs given the question, its token count)."""
-    pairs = [pair for item in items for pair in mc_pairs(item)]
-    flat = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size, progress=progress, desc=desc)
-    out, pos = [], 0
+    """Per item, per choice: (sum of the choice's token log-probs given the question, its token count).
+
+    The question is computed once for all its choices (`shared_context_logprobs`)."""
+    groups = []
     for item in items:
-        out.append(flat[pos : pos + len(item.choices)])
-        pos += len(item.choices)
-    return out
+        pairs = mc_pairs(item)
+        groups.append((pairs[0][0], [x for _, x in pairs]))
+    return shared_context_logprobs(model, tokenizer, groups, batch_size=batch_size, progress=progress, desc=desc)
 
 
 def mc_accuracy(

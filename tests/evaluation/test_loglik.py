@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from feddetox.data.records import MultipleChoice
-from feddetox.evaluation.loglik import continuation_logprobs, encode_pair
+from feddetox.evaluation.loglik import (
+    continuation_logprobs,
+    encode_pair,
+    pack_groups,
+    score_groups,
+    segment_rows,
+    shared_context_logprobs,
+)
 from feddetox.evaluation.utility import (
     accuracy,
     choice_logprobs,
@@ -44,6 +51,56 @@ def test_continuation_logprobs_equal_a_hand_computation(lively_lm, batch_size: i
         expected, n_expected = hand_logprob(model, tokenizer, context, continuation)
         assert n == n_expected
         assert score == pytest.approx(expected, abs=1e-3)
+
+
+GROUPS = [
+    ("Question: What is the capital of France?\nAnswer:", [" Paris", " Lyon", " a city on the Seine river"]),
+    ("x:", [" y z"]),
+    ("Context with a trailing space ", ["word", "two words"]),
+    ("Q: hi\nA:", [" a", " much longer continuation than the others here", " b"]),
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+def test_shared_context_scores_equal_each_pair_alone(lively_lm, batch_size: int) -> None:
+    model, tokenizer = lively_lm
+    got = shared_context_logprobs(model, tokenizer, GROUPS, batch_size=batch_size, progress=False)
+    assert [len(row) for row in got] == [3, 1, 2, 3]
+    for (context, continuations), row in zip(GROUPS, got, strict=True):
+        for continuation, (score, n) in zip(continuations, row, strict=True):
+            expected, n_expected = hand_logprob(model, tokenizer, context, continuation)
+            assert n == n_expected
+            assert score == pytest.approx(expected, abs=1e-3)
+
+
+def test_packed_groups_share_rows_and_see_only_their_context_and_themselves() -> None:
+    groups = [([1, 2, 3], [[4, 5], [6]]), ([7], [[8]]), ([9, 10], [[11], [12, 13]])]
+    lengths = [6, 2, 5]
+    layout = segment_rows(lengths, capacity=7)
+    assert layout == [[0], [2, 1]]  # longest first; the 2-token group fits beside the 5-token one
+    assert segment_rows(lengths, capacity=6) == [[0], [2], [1]]
+    batch = pack_groups(groups, first=[0, 2, 3], layout=layout, pad=0)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 0], [9, 10, 11, 12, 13, 7, 8]]
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 3, 0]  # the second choice continues from the context
+    mask = batch.attention_mask[0, 0]
+    assert mask[5].tolist() == [True, True, True, False, False, True, False]  # choice 2 does not see choice 1
+    assert mask[4].tolist() == [True, True, True, True, True, False, False]
+    assert not batch.attention_mask[1, 0, 5:, :5].any()  # group 1 does not see group 2 in the same row
+    # the first token of each choice is predicted by the context's last state
+    where = [tuple(rc) for rc in torch.stack(batch.predictor, dim=1).tolist()]
+    predicted = dict(zip(batch.labels.tolist(), where, strict=True))
+    assert predicted[4] == (0, 2) and predicted[6] == (0, 2) and predicted[5] == (0, 3) and predicted[8] == (1, 5)
+    assert not batch.attention_mask[0, 0, 6, :6].any()  # padding attends to itself only
+    assert batch.sequence.tolist() == [0, 0, 1, 3, 4, 4, 2]
+
+
+def test_a_long_group_loses_context_from_the_left_only(lively_lm) -> None:
+    model, _ = lively_lm
+    context, choices = list(range(5, 25)), [[30, 31, 32], [40]]
+    short = score_groups(model, [(context, choices)], max_length=8, progress=False)
+    alone = score_groups(model, [(context[-5:], choices)], progress=False)
+    assert [s for s, _ in short[0]] == pytest.approx([s for s, _ in alone[0]])
+    assert [n for _, n in short[0]] == [3, 1]
 
 
 def test_the_context_s_trailing_space_moves_to_the_continuation(tiny_lm) -> None:
