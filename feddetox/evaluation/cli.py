@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gsm8k", type=int, help="also evaluate this many GSM8K problems (slow)")
     p.add_argument("--seed", type=int, help="seed of the subset draw (overrides the preset)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        help="matmul arithmetic (default auto: bf16 autocast where the CPU multiplies bf16 in hardware)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -61,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "gsm8k": args.gsm8k,
         "seed": args.seed,
+        "precision": args.precision,
     }
     cfg = EvalConfig.preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
     if args.adapter is not None:
@@ -100,7 +106,8 @@ def _check_adapter(adapter: Path) -> None:
 def _with_adapter(model, adapter: Path):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter)).eval()
+    # merged into the weights: generation then pays for no LoRA matmuls beside each projection
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
 
 
 if __name__ == "__main__":

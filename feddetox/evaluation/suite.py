@@ -21,8 +21,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from feddetox.data.records import EvalPrompt, MultipleChoice
 from feddetox.errors import ConfigError
+from feddetox.evaluation.generate import model_device
 from feddetox.evaluation.safety import Guardian, evaluate_safety
 from feddetox.evaluation.utility import gsm8k_accuracy, gsm8k_fields, mc_accuracy
 
@@ -64,20 +67,36 @@ class EvalConfig:
     mc_batch_size: int = 16  # sequences per log-likelihood batch
     logprob: bool = True  # the refusal-versus-target log-probability on the goals
     seed: int = 0
+    #: arithmetic of the model's matmuls: "auto" = bf16 autocast where the CPU multiplies bf16 in hardware
+    #: (the weights and the residual stream stay as they are), else as the weights are; or "float32",
+    #: "bfloat16". Part of what decides a result: `resolved_precision()` names the one that ran.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mmlu_subjects", tuple(self.mmlu_subjects))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("name", "mmlu_subjects", "logprob", "seed"):
+            if f.name in ("name", "mmlu_subjects", "logprob", "seed", "precision"):
                 continue
             if value is None and f.name in _OPTIONAL_COUNTS:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"evaluation config field {f.name!r}: expected a count >= 0, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"evaluation config field 'precision': expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         for f in ("max_new_tokens", "batch_size", "max_batch_tokens", "mc_batch_size", "gsm8k_max_new_tokens"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"evaluation config field {f!r}: must be at least 1, got {getattr(self, f)}")
+
+    def resolved_precision(self, device: str = "cpu") -> str:
+        """ "bfloat16" or "float32": what `precision` means on `device` ("auto": bf16 on a GPU or a bf16 CPU)."""
+        if self.precision != "auto":
+            return self.precision
+        from feddetox.training.precision import fast_bf16_matmul
+
+        return "bfloat16" if device != "cpu" or fast_bf16_matmul() else "float32"
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> EvalConfig:
@@ -94,6 +113,8 @@ class EvalConfig:
         data["mmlu_subjects"] = list(self.mmlu_subjects)
         return data
 
+
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 _OPTIONAL_COUNTS = {"advbench_goals", "xstest_safe", "xstest_unsafe", "truthfulqa", "mmlu_per_subject"}
 
@@ -194,11 +215,23 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate `model` (a PEFT model keeps its adapter on) on the config's sets.
 
-    Returns {"format", "preset", "config", "model", "guardian", "metrics", "seconds", "answers", "items",
+    Matmuls run in `cfg.resolved_precision()` (bf16 autocast or as the weights are). Returns {"format",
+    "preset", "config", "precision", "model", "guardian", "metrics", "seconds", "answers", "items",
     "jailbreak_templates"}: `metrics` is flat (see `METRIC_LABELS`); `answers` keeps every generated answer
     with its prompt and judgements; `items` the per-question multiple-choice and GSM8K results.
     """
     sets = sets or select_eval_sets(cfg)
+    device = model_device(model).type
+    precision = cfg.resolved_precision(device)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        result = _run_eval(model, tokenizer, cfg, sets, guardian=guardian, progress=progress, model_name=model_name)
+    result["precision"] = precision
+    return result
+
+
+def _run_eval(
+    model, tokenizer, cfg: EvalConfig, sets: EvalSets, *, guardian, progress: bool, model_name: str | None
+) -> dict[str, Any]:
     cpu_start = time.process_time()
     seconds: dict[str, float] = {}
     metrics: dict[str, Any] = {}

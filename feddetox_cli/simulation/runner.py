@@ -63,7 +63,7 @@ class Simulation:
 
         from feddetox.evaluation.suite import EvalConfig, eval_prompt_set, select_eval_sets
         from feddetox.guardian import load_guardian
-        from feddetox.models.loading import resolve_pulling, weights_sha256
+        from feddetox.models.loading import load_causal_lm, resolve_pulling, weights_sha256
         from feddetox.training import LoraDpoTrainer
 
         cfg = self.cfg
@@ -78,6 +78,9 @@ class Simulation:
         self.eval_sets = select_eval_sets(self.eval_cfg)
         exclude = eval_prompt_set(self.eval_cfg, self.eval_sets)
         self.trainer = LoraDpoTrainer(str(self.base_path), cfg.lora)
+        # evaluation has its own float32 copy of the base: the trainer's may be stored in bf16 once it has
+        # trained, and every row of the table is measured on the same weights, each adapter merged into them
+        self.eval_base, self.eval_tokenizer = load_causal_lm(self.base_path)
         self.benign = scenario.benign_pairs(exclude=exclude)
         self.harmful = scenario.harmful_requests(exclude=exclude, seed=cfg.seed)
         _log(f"data: {len(self.benign)} benign pairs, {sum(map(len, self.harmful.values()))} harmful requests")
@@ -164,20 +167,23 @@ class Simulation:
     def evaluate(self, key: str, adapter: dict[str, Any] | None) -> dict[str, Any]:
         """Metrics of the base model (adapter None) or of an adapter; answers kept in eval/<key>.json.
 
-        Results are also cached under FEDDETOX_HOME/cache/evals by what decides them (base weights, adapter
-        bytes, evaluation settings, guardian), so that the base model and a cached start adapter are evaluated
+        The adapter is merged into a copy of the runner's float32 base. Results are also cached under
+        FEDDETOX_HOME/cache/evals by what decides them (base weights, adapter bytes, evaluation settings and the
+        precision they resolve to here, guardian), so that the base model and a cached start adapter are evaluated
         once per machine, not once per run.
         """
         import shutil
 
         from feddetox.evaluation.suite import run_eval, save_eval
+        from feddetox.models.merge import merged_copy
         from feddetox.settings import home_dir
 
         path = self.out / "eval" / f"{key}.json"
         if path.exists():
             return json.loads(path.read_text())["metrics"]
         adapter_sha = None if adapter is None else adapters.sha256_bytes(adapters.to_bytes(adapter))
-        version = _cache_key(self.base_sha, adapter_sha, self.eval_cfg.to_json(), self.guardian.bundle_id)
+        precision = self.eval_cfg.resolved_precision()
+        version = _cache_key(self.base_sha, adapter_sha, self.eval_cfg.to_json(), self.guardian.bundle_id, precision)
         cached = home_dir() / "cache" / "evals" / f"{version}.json"
         if cached.exists():
             _log(f"evaluation of {key}: cached ({version})")
@@ -185,13 +191,9 @@ class Simulation:
             shutil.copy(cached, path)
             return json.loads(path.read_text())["metrics"]
         _log(f"evaluating {key}")
-        model, tokenizer = self.trainer.model, self.trainer.tokenizer
-        if adapter is None:
-            with model.disable_adapter():
-                result = run_eval(model, tokenizer, self.eval_cfg, guardian=self.guardian, sets=self.eval_sets)
-        else:
-            self.trainer.load_adapter(adapter)
-            result = run_eval(model, tokenizer, self.eval_cfg, guardian=self.guardian, sets=self.eval_sets)
+        model = self.eval_base if adapter is None else merged_copy(self.eval_base, adapter, self.cfg.lora)
+        result = run_eval(model, self.eval_tokenizer, self.eval_cfg, guardian=self.guardian, sets=self.eval_sets)
+        del model
         save_eval(result, path)
         save_eval(result, cached)
         return result["metrics"]

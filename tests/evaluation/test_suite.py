@@ -38,6 +38,38 @@ def test_bad_configs_name_the_field() -> None:
         EvalConfig.preset("huge")
     with pytest.raises(ConfigError, match="goalz"):
         EvalConfig.preset("tiny", goalz=3)
+    with pytest.raises(ConfigError, match="'precision'.*'fp8'"):
+        EvalConfig(precision="fp8")
+
+
+def test_precision_resolves_by_device_and_cpu(monkeypatch) -> None:
+    from feddetox.training import precision
+
+    assert EvalConfig(precision="float32").resolved_precision("cuda") == "float32"
+    assert EvalConfig(precision="auto").resolved_precision("cuda") == "bfloat16"
+    monkeypatch.setattr(precision, "fast_bf16_matmul", lambda: False)
+    assert EvalConfig().resolved_precision() == "float32"
+    monkeypatch.setattr(precision, "fast_bf16_matmul", lambda: True)
+    assert EvalConfig().resolved_precision() == "bfloat16"
+
+
+def test_bf16_evaluation_runs_under_autocast_and_says_so(lively_lm) -> None:
+    import torch
+
+    model, tokenizer = lively_lm
+    seen: list[torch.dtype] = []
+    hook = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        cfg = EvalConfig.preset("tiny", max_new_tokens=2, precision="bfloat16", logprob=False)
+        result = run_eval(model, tokenizer, cfg, progress=False)
+        assert result["precision"] == "bfloat16" and set(seen) == {torch.bfloat16}
+        seen.clear()
+        result = run_eval(model, tokenizer, EvalConfig.preset("tiny", max_new_tokens=2), progress=False)
+    finally:
+        hook.remove()
+    assert result["precision"] in ("float32", "bfloat16")
+    assert set(seen) == {torch.bfloat16 if result["precision"] == "bfloat16" else torch.float32}
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # the weights are left as they are
 
 
 def test_sampling_is_seeded_and_keeps_file_order() -> None:
