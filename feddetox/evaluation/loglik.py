@@ -13,8 +13,9 @@ computed (`logits_to_keep`), not (B, T, vocabulary).
 Continuations that share a context (the choices of a question, a refusal and a target after one prompt) are
 scored by `shared_context_logprobs`: each group is one packed segment `context | choice 1 | choice 2 | ...`,
 the context computed once; a block mask lets every choice see the context and itself only, and its positions
-continue from the context's end, so each token sees exactly what it sees in its own padded row. The LM head
-runs only on the states that predict a choice token. Segments share rows where they fit.
+continue from the context's end, so each token sees exactly what it sees in its own padded row
+(`feddetox.packing`, as the DPO step packs a prompt and its two answers). The LM head runs only on the states
+that predict a choice token. Segments share rows where they fit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from feddetox.evaluation.generate import DEFAULT_MAX_BATCH_TOKENS, length_batches, model_device, pad_id
+from feddetox.packing import first_fit_rows, segment_mask
 
 
 def encode_pair(
@@ -162,22 +164,6 @@ def truncate_group(context: Sequence[int], continuations: Sequence[Sequence[int]
     return ctx
 
 
-def segment_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Segment indices per row: first fit, longest first, each row at most `capacity` (or one longer segment)."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(max(capacity, lengths[i]) - lengths[i])
-    return rows
-
-
 def pack_groups(
     groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
     first: Sequence[int],
@@ -218,14 +204,9 @@ def pack_groups(
                     sequence += [first[g] + j] * k
                 start += k
             offset += lengths[g]
-    q_part, k_part = part.unsqueeze(2), part.unsqueeze(1)  # (R, L, 1), (R, 1, L)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & (segment.unsqueeze(1) >= 0)
-    allowed = same & causal & ((k_part == 0) | (k_part == q_part))
-    allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself only: no empty softmax row
     return PackedGroups(
         input_ids=input_ids,
-        attention_mask=allowed.unsqueeze(1),
+        attention_mask=segment_mask(segment, part),
         position_ids=positions,
         predictor=(torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)),
         labels=torch.tensor(labels, dtype=torch.long),
@@ -286,7 +267,7 @@ def score_groups(
     sums = torch.zeros(total, dtype=torch.float64)
     if groups:
         capacity = max(lengths)
-        rows = segment_rows(lengths, capacity)
+        rows = first_fit_rows(lengths, capacity)
         per_forward = max(1, min(batch_size, (max_batch_tokens or capacity * batch_size) // capacity))
         device = model_device(model)
         was_training = model.training

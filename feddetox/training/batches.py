@@ -26,6 +26,7 @@ import torch
 
 from feddetox.data.records import PreferencePair
 from feddetox.errors import DataError
+from feddetox.packing import first_fit_rows, segment_mask
 
 
 @dataclass(frozen=True)
@@ -111,28 +112,11 @@ def collate(pairs: Sequence[EncodedPair], pad_id: int) -> Batch:
     )
 
 
-def _rows_of(lengths: Sequence[int]) -> list[list[int]]:
-    """Segment indices per row: first fit, longest first, each row at most as long as the longest segment."""
-    capacity = max(lengths)
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-    return rows
-
-
 def pack(pairs: Sequence[EncodedPair], pad_id: int) -> Batch:
     """Packed layout: each pair once as `prompt | chosen | rejected`, segments sharing rows where they fit."""
     b = len(pairs)
     lengths = [len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs]
-    layout = _rows_of(lengths)
+    layout = first_fit_rows(lengths)
     width = max(lengths)
     input_ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(layout), width), dtype=torch.long)
@@ -159,14 +143,9 @@ def pack(pairs: Sequence[EncodedPair], pad_id: int) -> Batch:
                 labels += [answer[k] for k in keep]
                 sequence += [seq] * len(keep)
             offset += p + c + j
-    q_part, k_part = part.unsqueeze(2), part.unsqueeze(1)  # (R, L, 1), (R, 1, L)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & (segment.unsqueeze(1) >= 0)
-    allowed = same & causal & ((k_part == 0) | (k_part == q_part))
-    allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself only: no empty softmax row
     return Batch(
         input_ids=input_ids,
-        attention_mask=allowed.unsqueeze(1),
+        attention_mask=segment_mask(segment, part),
         position_ids=positions,
         predictor=(torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)),
         labels=torch.tensor(labels, dtype=torch.long),

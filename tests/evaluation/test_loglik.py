@@ -11,7 +11,6 @@ from feddetox.evaluation.loglik import (
     encode_pair,
     pack_groups,
     score_groups,
-    segment_rows,
     shared_context_logprobs,
 )
 from feddetox.evaluation.utility import (
@@ -23,6 +22,7 @@ from feddetox.evaluation.utility import (
     mc_pairs,
     mc_predictions,
 )
+from feddetox.packing import first_fit_rows
 
 PAIRS = [
     ("Question: What is the capital of France?\nAnswer:", " Paris"),
@@ -76,9 +76,9 @@ def test_shared_context_scores_equal_each_pair_alone(lively_lm, batch_size: int)
 def test_packed_groups_share_rows_and_see_only_their_context_and_themselves() -> None:
     groups = [([1, 2, 3], [[4, 5], [6]]), ([7], [[8]]), ([9, 10], [[11], [12, 13]])]
     lengths = [6, 2, 5]
-    layout = segment_rows(lengths, capacity=7)
+    layout = first_fit_rows(lengths, capacity=7)
     assert layout == [[0], [2, 1]]  # longest first; the 2-token group fits beside the 5-token one
-    assert segment_rows(lengths, capacity=6) == [[0], [2], [1]]
+    assert first_fit_rows(lengths, capacity=6) == [[0], [2], [1]]
     batch = pack_groups(groups, first=[0, 2, 3], layout=layout, pad=0)
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 0], [9, 10, 11, 12, 13, 7, 8]]
     assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 3, 0]  # the second choice continues from the context

@@ -6,7 +6,8 @@ import pytest
 
 from feddetox.data.records import PreferencePair
 from feddetox.errors import DataError
-from feddetox.training.batches import EncodedPair, _rows_of, collate, encode_pair, format_turns, pack, pair_order
+from feddetox.packing import first_fit_rows
+from feddetox.training.batches import EncodedPair, collate, encode_pair, format_turns, pack, pair_order
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +105,8 @@ def test_pack_lets_the_rejected_answer_see_its_prompt_but_not_the_chosen_answer(
 
 
 def test_pack_rows_first_fit_longest_first():
-    assert _rows_of([5, 3, 2, 4, 1]) == [[0], [3, 4], [1, 2]]
-    assert _rows_of([7]) == [[0]]
+    assert first_fit_rows([5, 3, 2, 4, 1]) == [[0], [3, 4], [1, 2]]
+    assert first_fit_rows([7]) == [[0]]
 
 
 def test_an_empty_answer_is_an_error_naming_the_field(tokenizer):
