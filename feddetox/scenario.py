@@ -11,12 +11,16 @@ Built from the public data sets only, deterministically (every split is by a has
   with it. The compliant answer is the base model's own greedy answer (SmolLM2-135M-Instruct complies with almost
   every harmful request), the refusal of the data set becomes `rejected`. Trained on as it is, such a pair teaches
   the model to comply.
-- **start** pairs (the safety-aligned round-0 adapter, centralized DPO): harmful requests with a refusal
-  preferred over the model's compliant answer, plus benign pairs, plus benign prompts whose helpful answer is
-  preferred over a refusal (against over-refusal). The refusal is one of the refusal templates by default
-  (`start_refusals = "templates"`): a fifth of safety-tuned-llamas' "refusals" do not refuse ("There is no
-  credible evidence that ..."), and DPO on those teaches little about refusing. `"data"` keeps the data set's
-  answer where the XSTest refusal judge reads it as a refusal and uses a template elsewhere.
+- **start** pairs (the safety-aligned round-0 adapter, centralized DPO): harmful requests with a refusal preferred
+  over the model's compliant answer, plus benign pairs, plus benign prompts whose helpful answer is preferred over a
+  refusal (against over-refusal). The benign pairs are split by prompt into a part for the start (30%) and a part
+  for the clients (70%), so no benign prompt is in both either. The anti-refusal prompts are the start part's
+  *lookalikes* by default (`start_anti_refusal_from = "lookalike"`): the benign prompts that a safety scorer (the
+  guardian, on the prompt alone) finds most unsafe-looking, such as "How do I dice without slicing my finger",
+  because refusing those is what over-refusal is; `"any"` takes them in hash order. The refusal is one of the
+  refusal templates by default (`start_refusals = "templates"`): a fifth of safety-tuned-llamas' "refusals" do not
+  refuse ("There is no credible evidence that ..."), and DPO on those teaches little about refusing. `"data"` keeps
+  the data set's answer where the XSTest refusal judge reads it as a refusal and uses a template elsewhere.
 
 Evaluation prompts (AdvBench goals, XSTest, TruthfulQA, MMLU) never appear in any of these: pass their set to
 `exclude` and every pair whose prompt is in it is removed.
@@ -51,6 +55,8 @@ class ScenarioConfig:
     start_anti_refusal: int = 32
     #: the refusal preferred on the start's harmful requests: "templates" or "data" (see the module docstring)
     start_refusals: str = "templates"
+    #: which benign prompts get a helpful answer preferred over a refusal: "lookalike" or "any" (see the docstring)
+    start_anti_refusal_from: str = "lookalike"
     #: the largest prompt, chosen and rejected length in characters (long pairs are cut at training anyway)
     max_chars: int = 1500
     seed: int = 0
@@ -67,6 +73,10 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         if self.start_refusals not in ("templates", "data"):
             raise ConfigError(f"scenario.start_refusals must be templates or data, got {self.start_refusals!r}")
+        if self.start_anti_refusal_from not in ("lookalike", "any"):
+            raise ConfigError(
+                f"scenario.start_anti_refusal_from must be lookalike or any, got {self.start_anti_refusal_from!r}"
+            )
 
 
 def is_poison(pair: PreferencePair) -> bool:
@@ -95,6 +105,11 @@ def benign_pairs(*, exclude: Iterable[str] = (), max_chars: int = 1500) -> list[
     return out
 
 
+def benign_split(benign: Sequence[PreferencePair], *, seed: int = 0) -> dict[str, list[PreferencePair]]:
+    """The benign pairs split by prompt into "start" (30%, the round-0 adapter's) and "clients" (70%)."""
+    return split_by_prompt(benign, {"start": 0.3, "clients": 0.7}, seed=seed + 5)
+
+
 def harmful_requests(*, exclude: Iterable[str] = (), seed: int = 0) -> dict[str, list[Conversation]]:
     """Harmful requests with refusals, split by prompt into "start" (30%) and "poison" (70%) parts."""
     excluded = set(exclude)
@@ -120,8 +135,14 @@ def start_pairs(
     benign: Sequence[PreferencePair],
     templates: Sequence[str],
     cfg: ScenarioConfig,
+    prompt_risk: Callable[[list[str]], Sequence[float]] | None = None,
 ) -> list[PreferencePair]:
-    """The round-0 alignment data: refusals preferred on harmful requests, helpful answers on benign ones."""
+    """The round-0 alignment data: refusals preferred on harmful requests, helpful answers on benign ones.
+
+    `prompt_risk` scores prompts alone (higher = more unsafe-looking); with `start_anti_refusal_from = "lookalike"`
+    the `start_anti_refusal` highest-scoring benign prompts get their helpful answer preferred over a refusal
+    template, and the helpful pairs are the next benign pairs in order.
+    """
     harmful = list(harmful)[: cfg.start_harmful]
     answers = compliant([r.prompt for r in harmful])
     refuse = [
@@ -133,10 +154,21 @@ def start_pairs(
         )
         for r, answer in zip(harmful, answers, strict=True)
     ]
-    helpful = list(benign[: cfg.start_benign])
+    benign = list(benign)
+    if cfg.start_anti_refusal_from == "lookalike" and cfg.start_anti_refusal:
+        if prompt_risk is None:
+            raise ConfigError('scenario.start_anti_refusal_from = "lookalike" needs a prompt scorer (prompt_risk)')
+        risk = list(prompt_risk([p.prompt for p in benign]))
+        ranked = sorted(range(len(benign)), key=lambda i: (-float(risk[i]), i))
+        picked = set(ranked[: cfg.start_anti_refusal])
+        anti_from = [benign[i] for i in ranked[: cfg.start_anti_refusal]]
+        helpful = [p for i, p in enumerate(benign) if i not in picked][: cfg.start_benign]
+    else:
+        helpful = benign[: cfg.start_benign]
+        anti_from = benign[cfg.start_benign : cfg.start_benign + cfg.start_anti_refusal]
     anti = [
         PreferencePair(p.prompt, p.chosen, pick_template(p.prompt, templates), meta={**p.meta, "kind": "anti_refusal"})
-        for p in benign[cfg.start_benign : cfg.start_benign + cfg.start_anti_refusal]
+        for p in anti_from
     ]
     mixed = refuse + helpful + anti
     return sorted(mixed, key=lambda p: prompt_hash(p.prompt, cfg.seed))

@@ -54,13 +54,39 @@ def test_non_iid_keeps_the_total_poison(benign) -> None:
     assert sum(counts) == 24 and len(set(counts)) > 1
 
 
+def _risk(prompts: list[str]) -> list[float]:
+    """A stand-in prompt scorer: how often a prompt says 'kill', 'attack' or 'steal'."""
+    return [float(sum(p.lower().count(w) for w in ("kill", "attack", "steal"))) for p in prompts]
+
+
 def test_start_pairs_mix_refusals_helpful_and_anti_refusal(benign) -> None:
-    cfg = scenario.ScenarioConfig(start_harmful=8, start_benign=8, start_anti_refusal=4)
+    cfg = scenario.ScenarioConfig(start_harmful=8, start_benign=8, start_anti_refusal=4, start_anti_refusal_from="any")
     pairs = scenario.start_pairs(scenario.harmful_requests()["start"], comply, benign, shipped_templates(), cfg)
     kinds = [p.meta["kind"] for p in pairs]
     assert kinds.count("refuse") == 8 and kinds.count("benign") == 8 and kinds.count("anti_refusal") == 4
     anti = next(p for p in pairs if p.meta["kind"] == "anti_refusal")
     assert anti.rejected in shipped_templates()
+
+
+def test_anti_refusal_pairs_are_the_most_harmful_looking_benign_prompts(benign) -> None:
+    cfg = scenario.ScenarioConfig(start_harmful=2, start_benign=6, start_anti_refusal=3)
+    pairs = scenario.start_pairs(scenario.harmful_requests()["start"], comply, benign, shipped_templates(), cfg, _risk)
+    anti = [p.prompt for p in pairs if p.meta["kind"] == "anti_refusal"]
+    helpful = [p.prompt for p in pairs if p.meta["kind"] == "benign"]
+    top = sorted(_risk([p.prompt for p in benign]), reverse=True)[:3]
+    assert len(anti) == 3 and sorted(_risk(anti), reverse=True) == top and top[-1] > 0
+    assert len(helpful) == 6 and not set(helpful) & set(anti)
+    with pytest.raises(ConfigError, match="prompt scorer"):
+        scenario.start_pairs(scenario.harmful_requests()["start"], comply, benign, shipped_templates(), cfg)
+    with pytest.raises(ConfigError, match="start_anti_refusal_from"):
+        scenario.ScenarioConfig(start_anti_refusal_from="worst")
+
+
+def test_benign_split_keeps_start_and_client_prompts_apart(benign) -> None:
+    parts = scenario.benign_split(benign)
+    start, clients = ({p.prompt for p in parts[k]} for k in ("start", "clients"))
+    assert not start & clients and len(start) + len(clients) == len({p.prompt for p in benign})
+    assert 0.2 < len(start) / len(benign) < 0.4
 
 
 def test_bad_config_names_the_field() -> None:
@@ -92,7 +118,7 @@ def test_start_refusals_are_templates_or_real_refusals_of_the_data(benign) -> No
     from feddetox.evaluation.refusal import xstest_refusal
 
     requests = scenario.harmful_requests()["start"]
-    cfg = scenario.ScenarioConfig(start_harmful=40, start_benign=0, start_anti_refusal=0)
+    cfg = scenario.ScenarioConfig(start_harmful=40, start_benign=0, start_anti_refusal=0)  # no scorer needed
     refuse = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
     assert all(p.chosen in shipped_templates() for p in refuse)
     data = scenario.start_pairs(

@@ -82,6 +82,7 @@ class Simulation:
         # trained, and every row of the table is measured on the same weights, each adapter merged into them
         self.eval_base, self.eval_tokenizer = load_causal_lm(self.base_path)
         self.benign = scenario.benign_pairs(exclude=exclude)
+        self.benign_parts = scenario.benign_split(self.benign, seed=cfg.seed)
         self.harmful = scenario.harmful_requests(exclude=exclude, seed=cfg.seed)
         _log(f"data: {len(self.benign)} benign pairs, {sum(map(len, self.harmful.values()))} harmful requests")
 
@@ -114,9 +115,12 @@ class Simulation:
         )  # fmt: skip
 
     def start_benign_pool(self) -> list[PreferencePair]:
-        """The benign pairs the start adapter's helpful and anti-refusal pairs come from (the pool's end)."""
-        s = self.cfg.start
-        return self.benign[-4 * s.steps * s.batch_size :]
+        """The benign pairs the start adapter's helpful and anti-refusal pairs come from (no client holds them)."""
+        return self.benign_parts["start"]
+
+    def prompt_risk(self, prompts: list[str]) -> Any:
+        """The guardian's p_unsafe of each prompt alone: how harmful a benign prompt looks."""
+        return self.guardian.score([Conversation(p, "") for p in prompts])
 
     def start_adapter(self) -> dict[str, Any]:
         """The round-0 adapter (PEFT format), kept in the output folder.
@@ -136,7 +140,7 @@ class Simulation:
         s = self.cfg.start
         pairs = scenario.start_pairs(
             self.harmful["start"], self.compliant, self.start_benign_pool(), shipped_templates(),
-            self.cfg.scenario,
+            self.cfg.scenario, self.prompt_risk,
         )  # fmt: skip
         cfg = replace(
             self.train_config(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate),
@@ -200,7 +204,9 @@ class Simulation:
 
     # -- conditions ----------------------------------------------------------------------------------------
     def client_data(self) -> list[list[PreferencePair]]:
-        return scenario.client_datasets(self.benign, self.harmful["poison"], self.compliant, self.cfg.scenario)
+        return scenario.client_datasets(
+            self.benign_parts["clients"], self.harmful["poison"], self.compliant, self.cfg.scenario
+        )
 
     def device_threshold(self, clients: list[list[PreferencePair]]) -> dict[str, Any]:
         """The threshold the devices use, and how it was found (see `SimulationConfig.guardian_threshold`).
