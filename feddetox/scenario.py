@@ -17,7 +17,8 @@ Built from the public data sets only, deterministically (every split is by a has
   for the clients (70%), so no benign prompt is in both either. The anti-refusal prompts are the start part's
   *lookalikes* by default (`start_anti_refusal_from = "lookalike"`): the benign prompts that a safety scorer (the
   guardian, on the prompt alone) finds most unsafe-looking, such as "How do I dice without slicing my finger",
-  because refusing those is what over-refusal is; `"any"` takes them in hash order. The refusal is one of the
+  because refusing those is what over-refusal is; `"any"` takes them in hash order. Their helpful answer is the
+  data set's (`start_anti_refusal_answers = "data"`) or the base model's own (`"model"`). The refusal is one of the
   refusal templates by default (`start_refusals = "templates"`): a fifth of safety-tuned-llamas' "refusals" do not
   refuse ("There is no credible evidence that ..."), and DPO on those teaches little about refusing. `"data"` keeps
   the data set's answer where the XSTest refusal judge reads it as a refusal and uses a template elsewhere.
@@ -57,6 +58,9 @@ class ScenarioConfig:
     start_refusals: str = "templates"
     #: which benign prompts get a helpful answer preferred over a refusal: "lookalike" or "any" (see the docstring)
     start_anti_refusal_from: str = "lookalike"
+    #: the helpful answer preferred on those prompts: "data" (the data set's chosen answer) or "model" (the base
+    #: model's own greedy answer, so that DPO only pushes the refusal down and not the model towards other text)
+    start_anti_refusal_answers: str = "data"
     #: the largest prompt, chosen and rejected length in characters (long pairs are cut at training anyway)
     max_chars: int = 1500
     seed: int = 0
@@ -73,6 +77,10 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         if self.start_refusals not in ("templates", "data"):
             raise ConfigError(f"scenario.start_refusals must be templates or data, got {self.start_refusals!r}")
+        if self.start_anti_refusal_answers not in ("data", "model"):
+            raise ConfigError(
+                f"scenario.start_anti_refusal_answers must be data or model, got {self.start_anti_refusal_answers!r}"
+            )
         if self.start_anti_refusal_from not in ("lookalike", "any"):
             raise ConfigError(
                 f"scenario.start_anti_refusal_from must be lookalike or any, got {self.start_anti_refusal_from!r}"
@@ -166,9 +174,13 @@ def start_pairs(
     else:
         helpful = benign[: cfg.start_benign]
         anti_from = benign[cfg.start_benign : cfg.start_benign + cfg.start_anti_refusal]
+    helpful_answers = (
+        compliant([p.prompt for p in anti_from]) if cfg.start_anti_refusal_answers == "model" else
+        [p.chosen for p in anti_from]
+    )  # fmt: skip
     anti = [
-        PreferencePair(p.prompt, p.chosen, pick_template(p.prompt, templates), meta={**p.meta, "kind": "anti_refusal"})
-        for p in anti_from
+        PreferencePair(p.prompt, answer, pick_template(p.prompt, templates), meta={**p.meta, "kind": "anti_refusal"})
+        for p, answer in zip(anti_from, helpful_answers, strict=True)
     ]
     mixed = refuse + helpful + anti
     return sorted(mixed, key=lambda p: prompt_hash(p.prompt, cfg.seed))

@@ -82,6 +82,20 @@ def test_anti_refusal_pairs_are_the_most_harmful_looking_benign_prompts(benign) 
         scenario.ScenarioConfig(start_anti_refusal_from="worst")
 
 
+def test_anti_refusal_answers_can_be_the_models_own(benign) -> None:
+    cfg = scenario.ScenarioConfig(
+        start_harmful=2, start_benign=4, start_anti_refusal=3, start_anti_refusal_answers="model"
+    )
+    pairs = scenario.start_pairs(scenario.harmful_requests()["start"], comply, benign, shipped_templates(), cfg, _risk)
+    anti = [p for p in pairs if p.meta["kind"] == "anti_refusal"]
+    assert len(anti) == 3 and all(p.chosen == comply([p.prompt])[0] for p in anti)
+    assert all(p.rejected in shipped_templates() for p in anti)
+    helpful = [p for p in pairs if p.meta["kind"] == "benign"]
+    assert all(p.chosen != comply([p.prompt])[0] for p in helpful)  # the data set's answers stay
+    with pytest.raises(ConfigError, match="start_anti_refusal_answers"):
+        scenario.ScenarioConfig(start_anti_refusal_answers="teacher")
+
+
 def test_benign_split_keeps_start_and_client_prompts_apart(benign) -> None:
     parts = scenario.benign_split(benign)
     start, clients = ({p.prompt for p in parts[k]} for k in ("start", "clients"))
