@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -129,8 +130,6 @@ class Simulation:
         makes it (base weights, LoRA shape, training settings and the training pairs themselves), so a run with
         the same settings on the same machine reuses it instead of training it again.
         """
-        import shutil
-
         from feddetox.refusals import shipped_templates
         from feddetox.settings import home_dir
 
@@ -176,8 +175,6 @@ class Simulation:
         precision they resolve to here, guardian), so that the base model and a cached start adapter are evaluated
         once per machine, not once per run.
         """
-        import shutil
-
         from feddetox.evaluation.suite import run_eval, save_eval
         from feddetox.models.merge import merged_copy
         from feddetox.settings import home_dir
@@ -264,6 +261,11 @@ class Simulation:
         done = folder / "adapters.json"
         if done.exists():
             return [adapters.from_bytes(bytes.fromhex(h)) for h in json.loads(done.read_text())]
+        # an interrupted attempt left a coordinator, devices' state and per-round evaluations that belong to
+        # adapters this attempt will not reproduce bit for bit: start the condition afresh
+        shutil.rmtree(folder, ignore_errors=True)
+        for stale in (self.out / "eval").glob(f"{condition}_round*.json"):
+            stale.unlink()
         data_files = []
         for i, pairs in enumerate(clients):
             local = scenario.oracle_clean(pairs) if condition == "benign" else pairs

@@ -56,6 +56,11 @@ preset = "tiny"
 """
     )
     out = tmp_path / "out"
+    # what an interrupted earlier attempt leaves: a device's state and an evaluation of a round it never finished
+    (out / "none" / "device0").mkdir(parents=True)
+    (out / "none" / "device0" / "state.json").write_text("{}")
+    (out / "eval").mkdir()
+    (out / "eval" / "none_round1.json").write_text(json.dumps({"metrics": {"asr_refusal": 7.0}}))
     assert simulate.main(["--config", str(config), "--out", str(out)]) == 0
 
     result = json.loads((out / "results.json").read_text())
