@@ -118,6 +118,20 @@ def benign_split(benign: Sequence[PreferencePair], *, seed: int = 0) -> dict[str
     return split_by_prompt(benign, {"start": 0.3, "clients": 0.7}, seed=seed + 5)
 
 
+def held_out_benign(
+    benign: Sequence[PreferencePair], used: Iterable[str], n: int, *, seed: int = 0
+) -> list[PreferencePair]:
+    """Up to `n` benign pairs whose prompt is not in `used`, in prompt-hash order: the sources mixed as on a client.
+
+    The pool is ordered by source, so its first pairs would all be UltraFeedback's, whose answers the guardian
+    finds safer than AlpacaEval's or PandaLM's: a threshold calibrated on them flags far more than its target on
+    the clients' mixed data.
+    """
+    taken = set(used)
+    unused = [p for p in benign if p.prompt not in taken]
+    return sorted(unused, key=lambda p: prompt_hash(p.prompt, seed + 7))[:n]
+
+
 def harmful_requests(*, exclude: Iterable[str] = (), seed: int = 0) -> dict[str, list[Conversation]]:
     """Harmful requests with refusals, split by prompt into "start" (30%) and "poison" (70%) parts."""
     excluded = set(exclude)

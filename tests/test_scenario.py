@@ -103,6 +103,15 @@ def test_benign_split_keeps_start_and_client_prompts_apart(benign) -> None:
     assert 0.2 < len(start) / len(benign) < 0.4
 
 
+def test_held_out_benign_pairs_mix_the_sources_and_skip_used_prompts(benign) -> None:
+    used = {p.prompt for p in benign[:300]}
+    held = scenario.held_out_benign(benign, used, 100)
+    assert len(held) == 100 and not {p.prompt for p in held} & used
+    sources = [p.meta["source"] for p in held]
+    # the pool lists the sources one after another; the held-out sample holds each of them
+    assert len(set(sources)) == 3 and max(map(sources.count, set(sources))) < 80
+
+
 def test_bad_config_names_the_field() -> None:
     with pytest.raises(ConfigError, match="toxic_ratio"):
         scenario.ScenarioConfig(toxic_ratio=1.5)

@@ -209,7 +209,8 @@ class Simulation:
         """The threshold the devices use, and how it was found (see `SimulationConfig.guardian_threshold`).
 
         "benign-pairs": the guardian scores up to 200 benign pairs that no client holds and the start adapter
-        did not train on; the threshold lets `guardian_fpr` of them through as unsafe, at most.
+        did not train on (in hash order, so the sources mix as on a client); the threshold lets `guardian_fpr` of
+        them through as unsafe, at most.
         """
         from export.calibration import threshold_for_fpr
         from feddetox.sanitize import score_pairs
@@ -220,7 +221,7 @@ class Simulation:
         if setting != "benign-pairs":
             return {"threshold": float(setting), "from": "config"}
         used = {p.prompt for c in clients for p in c} | {p.prompt for p in self.start_benign_pool()}
-        held = [p for p in self.benign if p.prompt not in used][:200]
+        held = scenario.held_out_benign(self.benign, used, 200, seed=self.cfg.seed)
         scores = score_pairs(self.guardian, held)
         threshold = threshold_for_fpr(scores, self.cfg.guardian_fpr)
         _log(
