@@ -177,17 +177,16 @@ def start_pairs(
         for r, answer in zip(harmful, answers, strict=True)
     ]
     benign = list(benign)
-    if cfg.start_anti_refusal_from == "lookalike" and cfg.start_anti_refusal:
+    n_anti = cfg.start_anti_refusal
+    if cfg.start_anti_refusal_from == "lookalike" and n_anti:
         if prompt_risk is None:
             raise ConfigError('scenario.start_anti_refusal_from = "lookalike" needs a prompt scorer (prompt_risk)')
         risk = list(prompt_risk([p.prompt for p in benign]))
-        ranked = sorted(range(len(benign)), key=lambda i: (-float(risk[i]), i))
-        picked = set(ranked[: cfg.start_anti_refusal])
-        anti_from = [benign[i] for i in ranked[: cfg.start_anti_refusal]]
-        helpful = [p for i, p in enumerate(benign) if i not in picked][: cfg.start_benign]
-    else:
-        helpful = benign[: cfg.start_benign]
-        anti_from = benign[cfg.start_benign : cfg.start_benign + cfg.start_anti_refusal]
+        picked = sorted(range(len(benign)), key=lambda i: (-float(risk[i]), i))[:n_anti]
+    else:  # the pairs after the helpful ones
+        picked = list(range(cfg.start_benign, min(cfg.start_benign + n_anti, len(benign))))
+    anti_from, taken = [benign[i] for i in picked], set(picked)
+    helpful = [p for i, p in enumerate(benign) if i not in taken][: cfg.start_benign]
     helpful_answers = (
         compliant([p.prompt for p in anti_from]) if cfg.start_anti_refusal_answers == "model" else
         [p.chosen for p in anti_from]
