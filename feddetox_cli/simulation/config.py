@@ -86,6 +86,11 @@ class SimulationConfig:
     edge_threads: int = 1
     #: which rounds' global adapters are evaluated: "all", or "last" (a quick run: the start and the end)
     eval_rounds: str = "all"
+    #: the evaluation preset of the per-round curves (the start and every evaluated round), when it differs
+    #: from the table's: the table's rows (base, start, each condition's last round) are then evaluated on both.
+    #: None = the table's own preset for everything. A full evaluation costs minutes on a CPU; curves on a
+    #: smaller preset keep the paper's benchmark within its time.
+    round_eval_preset: str | None = None
 
     def evaluated_rounds(self) -> list[int]:
         """The round numbers whose global adapter is evaluated (round 0, the start adapter, always is)."""
@@ -151,6 +156,13 @@ def from_dict(raw: dict[str, Any], *, where: str = "config") -> SimulationConfig
         raise ConfigError(f"{where}: field 'guardian_fpr' must be in (0, 1), got {cfg.guardian_fpr}")
     if cfg.eval_rounds not in ("all", "last"):
         raise ConfigError(f"{where}: field 'eval_rounds' must be all or last, not {cfg.eval_rounds!r}")
+    if cfg.round_eval_preset is not None:
+        from feddetox.evaluation.suite import PRESETS
+
+        if cfg.round_eval_preset not in PRESETS:
+            raise ConfigError(
+                f"{where}: field 'round_eval_preset' must be one of {', '.join(PRESETS)}, not {cfg.round_eval_preset!r}"
+            )
     if cfg.rounds < 1:
         raise ConfigError(f"{where}: field 'rounds' must be >= 1, got {cfg.rounds}")
     return cfg

@@ -59,6 +59,11 @@ def plot_rounds(result: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    preset = result.get("per_round_preset")
+    if preset and preset != result.get("table_preset", preset):
+        fig.suptitle(
+            f"per round on the {preset!r} evaluation preset (the table: {result['table_preset']!r})", fontsize=9
+        )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

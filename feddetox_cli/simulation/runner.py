@@ -78,6 +78,14 @@ class Simulation:
         self.eval_cfg = EvalConfig.preset(cfg.eval_preset, **cfg.eval_overrides)
         self.eval_sets = select_eval_sets(self.eval_cfg)
         exclude = eval_prompt_set(self.eval_cfg, self.eval_sets)
+        self.round_eval_cfg, self.round_eval_sets = self.eval_cfg, self.eval_sets
+        if cfg.round_eval_preset is not None:
+            curves = EvalConfig.preset(
+                cfg.round_eval_preset, seed=self.eval_cfg.seed, precision=self.eval_cfg.precision
+            )
+            if curves != self.eval_cfg:  # the curves' own (smaller) sets: left out of training as well
+                self.round_eval_cfg, self.round_eval_sets = curves, select_eval_sets(curves)
+                exclude |= eval_prompt_set(curves, self.round_eval_sets)
         self.trainer = LoraDpoTrainer(str(self.base_path), cfg.lora)
         # evaluation has its own float32 copy of the base: the trainer's may be stored in bf16 once it has
         # trained, and every row of the table is measured on the same weights, each adapter merged into them
@@ -167,8 +175,25 @@ class Simulation:
         return adapters.load_peft(folder)[0]
 
     # -- evaluation ----------------------------------------------------------------------------------------
-    def evaluate(self, key: str, adapter: dict[str, Any] | None) -> dict[str, Any]:
+    @property
+    def separate_curves(self) -> bool:
+        """Whether the per-round curves have their own evaluation preset (`round_eval_preset`)."""
+        return self.round_eval_cfg is not self.eval_cfg
+
+    def evaluate_round(self, key: str, adapter: dict[str, Any]) -> dict[str, Any]:
+        """An adapter on the per-round curves' preset (eval/<key>-<preset>.json when it is not the table's)."""
+        if not self.separate_curves:
+            return self.evaluate(key, adapter)
+        return self.evaluate(
+            f"{key}-{self.round_eval_cfg.name}", adapter, cfg=self.round_eval_cfg, sets=self.round_eval_sets
+        )
+
+    def evaluate(
+        self, key: str, adapter: dict[str, Any] | None, *, cfg: Any = None, sets: Any = None
+    ) -> dict[str, Any]:
         """Metrics of the base model (adapter None) or of an adapter; answers kept in eval/<key>.json.
+
+        `cfg` and `sets`: the evaluation preset and its sets; default the table's.
 
         The adapter is merged into a copy of the runner's float32 base. Results are also cached under
         FEDDETOX_HOME/cache/evals by what decides them (base weights, adapter bytes, evaluation settings and the
@@ -182,9 +207,10 @@ class Simulation:
         path = self.out / "eval" / f"{key}.json"
         if path.exists():
             return json.loads(path.read_text())["metrics"]
+        cfg, sets = cfg or self.eval_cfg, sets or self.eval_sets
         adapter_sha = None if adapter is None else adapters.sha256_bytes(adapters.to_bytes(adapter))
-        precision = self.eval_cfg.resolved_precision()
-        version = _cache_key(self.base_sha, adapter_sha, self.eval_cfg.to_json(), self.guardian.bundle_id, precision)
+        precision = cfg.resolved_precision()
+        version = _cache_key(self.base_sha, adapter_sha, cfg.to_json(), self.guardian.bundle_id, precision)
         cached = home_dir() / "cache" / "evals" / f"{version}.json"
         if cached.exists():
             _log(f"evaluation of {key}: cached ({version})")
@@ -193,7 +219,7 @@ class Simulation:
             return json.loads(path.read_text())["metrics"]
         _log(f"evaluating {key}")
         model = self.eval_base if adapter is None else merged_copy(self.eval_base, adapter, self.cfg.lora)
-        result = run_eval(model, self.eval_tokenizer, self.eval_cfg, guardian=self.guardian, sets=self.eval_sets)
+        result = run_eval(model, self.eval_tokenizer, cfg, guardian=self.guardian, sets=sets)
         del model
         save_eval(result, path)
         save_eval(result, cached)
@@ -314,15 +340,16 @@ class Simulation:
             try:
                 # evaluate each round's global adapter as soon as it is published (the devices train the next
                 # round meanwhile), and record it on the coordinator so that its dashboard charts it
-                coord.post_evaluation(run_id, 0, self.evaluate("start", start), note=self.eval_cfg.name)
+                note = self.round_eval_cfg.name
+                coord.post_evaluation(run_id, 0, self.evaluate_round("start", start), note=note)
                 blobs = []
                 for r in range(1, cfg.rounds + 1):
                     coord.wait_rounds(run_id, r, timeout_s=cfg.round_deadline_s * cfg.rounds, devices=devices)
                     version = next(x["result_version"] for x in coord.rounds(run_id) if x["index"] == r)
                     blobs.append(coord.adapter_bytes(run_id, version))
                     if r in cfg.evaluated_rounds():
-                        metrics = self.evaluate(f"{condition}_round{r}", adapters.from_bytes(blobs[-1]))
-                        coord.post_evaluation(run_id, r, metrics, note=self.eval_cfg.name)
+                        metrics = self.evaluate_round(f"{condition}_round{r}", adapters.from_bytes(blobs[-1]))
+                        coord.post_evaluation(run_id, r, metrics, note=note)
                 rounds = coord.rounds(run_id)
                 metrics = coord.metrics(run_id)
             finally:
@@ -369,17 +396,24 @@ class Simulation:
         calibration = self.device_threshold(clients)
         self.threshold = calibration["threshold"]
         guardian_report = self.guardian_on_clients(clients, self.threshold)
+        start_curve = self.evaluate_round("start", start)
         per_round: dict[str, list[dict[str, Any]]] = {}
+        final: dict[str, dict[str, Any]] = {}
         for condition in self.cfg.conditions:
             if condition == "centralized":
                 round_adapters = self.centralized(clients, start)
             else:
                 round_adapters = self.federated(condition, clients, start)
-            per_round[condition] = [start_metrics] + [
-                self.evaluate(f"{condition}_round{r}", a)
+            per_round[condition] = [start_curve] + [
+                self.evaluate_round(f"{condition}_round{r}", a)
                 for r, a in enumerate(round_adapters, start=1)
                 if r in self.cfg.evaluated_rounds()
             ]
+            final[condition] = (
+                self.evaluate(f"{condition}_round{len(round_adapters)}", round_adapters[-1])
+                if self.separate_curves
+                else per_round[condition][-1]
+            )
         result = {
             "config": _config_json(self.cfg),
             "guardian": {
@@ -393,7 +427,9 @@ class Simulation:
             "start": start_metrics,
             "per_round": per_round,
             "rounds_evaluated": [0, *self.cfg.evaluated_rounds()],
-            "final": {c: rows[-1] for c, rows in per_round.items()},
+            "per_round_preset": self.round_eval_cfg.name,
+            "table_preset": self.eval_cfg.name,
+            "final": final,
             "seconds": round(time.time() - started, 1),
         }
         _json_dump(self.out / "results.json", result)

@@ -32,6 +32,8 @@ compliant_max_new_tokens = 8
 # a random tiny model answers nothing: the poison takes AdvBench's harmful strings as its chosen side
 poison_answers = "harmful_strings"
 round_deadline_s = 600
+# the per-round curves on the tiny preset, the table's rows on a slightly larger one
+round_eval_preset = "tiny"
 [lora]
 r = 4
 alpha = 8.0
@@ -53,6 +55,7 @@ steps = 1
 batch_size = 2
 [eval]
 preset = "tiny"
+advbench_goals = 5
 """
     )
     out = tmp_path / "out"
@@ -72,6 +75,14 @@ preset = "tiny"
     seen = result["guardian_on_clients"]
     assert (seen["pairs"], seen["poison"]) == (12, 4) and 0 <= seen["poison_flagged"] <= 4
     assert result["rounds_evaluated"] == [0, 1]
+    # curves on the round preset, the table on its own: each condition's last round evaluated on both
+    assert (result["per_round_preset"], result["table_preset"]) == ("tiny", "tiny")
+    assert set(result["final"]) == set(CONDITIONS)
+    for condition, rows in result["per_round"].items():
+        assert rows[-1]["advbench_n"] == 4 and result["final"][condition]["advbench_n"] == 5, condition
+        assert 0.0 <= result["final"][condition]["asr_refusal"] <= 1.0, condition
+        assert (out / "eval" / f"{condition}_round1-tiny.json").exists(), condition
+    assert result["start"]["advbench_n"] == 5 and rows[0]["advbench_n"] == 4
     # the devices' threshold was calibrated on benign pairs no client holds, and sent with the run
     calibration = result["guardian"]["device_threshold"]
     assert calibration["from"] == "benign-pairs" and calibration["pairs"] > 0
@@ -98,6 +109,8 @@ def test_config_errors_name_the_field() -> None:
         from_dict({"eval_rounds": "some"})
     with pytest.raises(ConfigError, match="guardian_threshold"):
         from_dict({"guardian_threshold": 1.5})
+    with pytest.raises(ConfigError, match="round_eval_preset"):
+        from_dict({"round_eval_preset": "huge"})
     with pytest.raises(ConfigError, match="guardian_fpr"):
         from_dict({"guardian_fpr": 0})
 
