@@ -25,6 +25,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """SIGTERM (`kill`, a container stop) ends the simulation like Ctrl-C: its `finally` blocks stop the devices
+    and the coordinator (set in the main thread only, where Python allows it; restored on return)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     from feddetox_cli.simulation.config import load_config
     from feddetox_cli.simulation.report import markdown_table, plot_rounds

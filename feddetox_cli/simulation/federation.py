@@ -38,6 +38,37 @@ def _feddetox(*args: str) -> list[str]:
     return [sys.executable, "-m", "feddetox_cli", *args]
 
 
+def _libc_prctl() -> Any:
+    """libc's prctl on Linux, looked up in the parent (a forked child should not load libraries), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: the kernel sends it SIGTERM when this process dies, however it dies.
+
+    A simulation killed with SIGKILL (or SIGTERM during a C call) then leaves no coordinator holding its ports and
+    no device training on. Elsewhere than Linux the `finally` blocks that stop the children are all there is.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(args: list[str], *, env: dict[str, str], log: Any) -> subprocess.Popen:
+    """A child process of this simulation: output to `log`, terminated when the simulation dies."""
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+
 class Coordinator:
     """`feddetox coordinator serve` as a child process on free loopback ports, with a small REST client."""
 
@@ -68,7 +99,7 @@ class Coordinator:
         }
         args = ["coordinator", "serve", "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
-        self.process = subprocess.Popen(_feddetox(*args), env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = spawn(_feddetox(*args), env=env, log=log)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -176,7 +207,7 @@ class Device:
         ]  # fmt: skip
         env = os.environ | {"OMP_NUM_THREADS": str(threads), "FEDDETOX_TORCH_THREADS": str(threads)}
         handle = open(log, "ab")  # noqa: SIM115 - the child writes to it for its whole life
-        process = subprocess.Popen(_feddetox(*args), env=env, stdout=handle, stderr=subprocess.STDOUT)
+        process = spawn(_feddetox(*args), env=env, log=handle)
         return cls(name, process, log)
 
     def stop(self, timeout_s: float = 30) -> None:
