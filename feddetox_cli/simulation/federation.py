@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from feddetox.errors import FedDetoxError, UnavailableError
+from feddetox_cli.lifetime import PARENT_PID_ENV
 
 ADMIN_HEADER = "X-Admin-Key"
 TERMINAL = {"completed", "failed", "stopped"}
@@ -38,35 +39,16 @@ def _feddetox(*args: str) -> list[str]:
     return [sys.executable, "-m", "feddetox_cli", *args]
 
 
-def _libc_prctl() -> Any:
-    """libc's prctl on Linux, looked up in the parent (a forked child should not load libraries), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Run in the child before exec: the kernel sends it SIGTERM when this process dies, however it dies.
-
-    A simulation killed with SIGKILL (or SIGTERM during a C call) then leaves no coordinator holding its ports and
-    no device training on. Elsewhere than Linux the `finally` blocks that stop the children are all there is.
-    """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def spawn(args: list[str], *, env: dict[str, str], log: Any) -> subprocess.Popen:
-    """A child process of this simulation: output to `log`, terminated when the simulation dies."""
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    """A child process of this simulation, output to `log`; it ends itself when the simulation dies.
+
+    The child asks the kernel for that itself (`feddetox_cli.lifetime`): a `preexec_fn` here would make
+    subprocess fork this process, and gRPC's fork handlers abort a child forked while this process's own gRPC
+    channels are live. Linux ties the signal to the thread that started the child: start children from the
+    thread that outlives them (the simulation's main thread does).
+    """
+    env = env | {PARENT_PID_ENV: str(os.getpid())}
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 class Coordinator:

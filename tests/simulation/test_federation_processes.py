@@ -59,3 +59,17 @@ def test_coordinator_dies_with_a_killed_simulation(tmp_path: Path) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_a_child_whose_parent_is_already_gone_exits() -> None:
+    """The parent named in FEDDETOX_PARENT_PID died before the child armed the signal: the child exits at once."""
+    env = os.environ | {"FEDDETOX_PARENT_PID": "1"}  # not this child's parent (its parent is the test)
+    done = subprocess.run(
+        [sys.executable, "-m", "feddetox_cli", "--version"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and "is gone" in done.stderr
+    env["FEDDETOX_PARENT_PID"] = str(os.getpid())
+    done = subprocess.run(
+        [sys.executable, "-m", "feddetox_cli", "--version"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip()
