@@ -50,6 +50,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "paper.toml")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "paper")
+    parser.add_argument(
+        "--conditions", help="comma-separated subset of the config's conditions (the rest are left out of the table)"
+    )
     args = parser.parse_args()
 
     from feddetox_cli.simulation.config import load_config
@@ -57,7 +60,8 @@ def main() -> int:
     from feddetox_cli.simulation.runner import Simulation
 
     before = load_average()
-    cfg = load_config(args.config)
+    overrides = {"conditions": [c.strip() for c in args.conditions.split(",") if c.strip()]} if args.conditions else {}
+    cfg = load_config(args.config, overrides)
     result = Simulation(cfg, args.out).run()
     table = markdown_table(result)
     results_dir = ROOT / "bench" / "results"
@@ -66,7 +70,8 @@ def main() -> int:
     shutil.copy(args.out / "results.json", results_dir / "paper_table_rounds.json")
     path = write_result(
         "paper_table",
-        command=f"python bench/paper_table.py --config {args.config.relative_to(ROOT)}",
+        command=f"python bench/paper_table.py --config {args.config.relative_to(ROOT)}"
+        + (f" --conditions {args.conditions}" if args.conditions else ""),
         figures={"table": table, "results": result, "plot": str(plot.relative_to(ROOT))},
         goals=goals_of(result),
         load=load_record(before, load_average()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from feddetox_cli.simulation.config import LABELS
+from feddetox_cli.simulation.config import CONDITIONS, LABELS
 
 #: table columns: (metric key, header); ASR and jailbreak ASR: lower is better
 COLUMNS = (
@@ -23,9 +23,15 @@ def _cell(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _in_table_order(by_condition: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(condition, value) pairs in the paper's order, whatever order the conditions ran in."""
+    order = {c: i for i, c in enumerate(CONDITIONS)}
+    return sorted(by_condition.items(), key=lambda item: order.get(item[0], len(order)))
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     rows = [("base", result["base"]), ("start", result["start"])]
-    rows += [(condition, metrics) for condition, metrics in result["final"].items()]
+    rows += _in_table_order(result["final"])
     header = "| condition | " + " | ".join(h for _, h in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
     for key, metrics in rows:
@@ -51,7 +57,7 @@ def plot_rounds(result: dict[str, Any], path: Path) -> Path:
     xs = result.get("rounds_evaluated") or list(range(len(first)))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for condition, rows in result["per_round"].items():
+        for condition, rows in _in_table_order(result["per_round"]):
             ys = [r.get(key) for r in rows]
             ax.plot(xs[: len(ys)], ys, marker="o", label=LABELS.get(condition, condition))
         ax.set_title(title, fontsize=10)

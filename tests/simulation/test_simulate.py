@@ -126,6 +126,20 @@ def test_table_marks_missing_metrics() -> None:
     assert "0.990" in table and "–" in table and "FedDetox (replace)" in table
 
 
+def test_table_rows_keep_the_papers_order_whatever_order_the_conditions_ran_in() -> None:
+    final = {"replace": {}, "none": {}, "centralized": {}, "benign": {}}
+    table = markdown_table({"base": {}, "start": {}, "final": final})
+    labels = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert labels == [
+        "base model",
+        "start (round 0)",
+        "benign-only (oracle)",
+        "no defense",
+        "FedDetox (replace)",
+        "centralized (server-sanitized)",
+    ]
+
+
 def test_start_adapter_is_cached_by_what_makes_it(
     tiny_llama_path: Path, tiny_guardian_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
