@@ -123,8 +123,11 @@ def test_broken_download_resumes_from_the_partial_file(coordinator, tmp_path):
 def test_download_resumes_after_the_connection_is_cut(coordinator, tmp_path):
     """A TCP-level cut (the proxy drops every connection after 200 kB) rather than a server-side abort.
 
-    The cut comes after half the blob has passed the proxy, so whatever the buffering between the proxy and the
-    client, some whole chunks reached the partial file before it: the retry must start past 0.
+    How much of the first 200 kB reaches the partial file depends on what the client's gRPC had handed to the
+    application before the reset (on a loaded machine: sometimes nothing, the reset drops what the socket had
+    queued), so the retry may start at 0 or past it; either way it starts at a whole chunk inside the blob and the
+    download completes intact. Resuming from exactly the partial file's size is checked by the server-side fault
+    test above, whose offsets do not depend on the machine.
     """
     blob = os.urandom(400_000)
     coordinator.state.round = Round(adapter=blob)
@@ -140,7 +143,8 @@ def test_download_resumes_after_the_connection_is_cut(coordinator, tmp_path):
     finally:
         proxy.close()
     first, *resumed = coordinator.state.download_offsets
-    assert first == 0 and resumed and 0 < resumed[-1] < len(blob)
+    assert first == 0 and resumed, "the cut did not make the client retry"
+    assert all(offset % 16_000 == 0 and offset < len(blob) for offset in resumed), resumed
 
 
 def test_download_resumes_after_a_restart(coordinator, tmp_path):
