@@ -61,7 +61,12 @@ class BuildConfig:
     onnx: bool = True
     hard_label_ablation: bool = True
     threads: int = 1
-    teacher_max_length: int = 96
+    teacher_max_length: int = 128
+    #: LoRA on the teacher's top `teacher_layers` layers (of 30), on "attention" or "all-linear" (attention + MLP).
+    #: On the top 8 layers the teacher was weaker than the student on the human labels whatever the targets
+    #: (pooled test F1 0.775, AUROC 0.911, against 0.859, 0.956 on every layer), at a third of the step time
+    teacher_layers: int = 30
+    teacher_lora: str = "all-linear"
     #: the .pte's word-embedding scheme: int4 (groups of 32) or int8 (per row); see export.pte
     embedding: str = "int4"
     #: the model whose own answers to harmful requests are labelled unsafe ("model-compliant" in
@@ -91,6 +96,8 @@ def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progres
             batch_size=cfg.teacher_batch,
             seed=cfg.seed,
             max_length=cfg.teacher_max_length,
+            top_layers=cfg.teacher_layers,
+            targets=T.LORA_TARGETS[cfg.teacher_lora],
             bf16=bool(cfg.bf16),
         )
     if kind == "llama-guard" and ident:

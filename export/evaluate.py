@@ -17,7 +17,14 @@ from feddetox.data.records import Conversation
 
 #: which test-split sources make up each named test set
 TEST_SETS: dict[str, tuple[str, ...]] = {
-    "harmful-qa": ("advbench-target", "advbench-goal", "hh-rlhf-unsafe", "hh-rlhf-safe", "safety-tuned-llamas"),
+    "harmful-qa": (
+        "advbench-target",
+        "advbench-goal",
+        "hh-rlhf-unsafe",
+        "hh-rlhf-safe",
+        "safety-tuned-llamas",
+        "harmful-request",
+    ),
     "toxicity": ("davidson-toxic", "davidson-neither", "toxigen", "advbench-strings"),
     "benign-qa": ("ultrafeedback", "ultrafeedback-prompt", "pandalm", "alpaca-eval", "alpaca-eval-prompt"),
     "human-labelled": ("davidson-toxic", "davidson-neither", "toxigen", "xstest-safe", "xstest-unsafe"),

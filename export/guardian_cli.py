@@ -40,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--teacher-steps", type=int, default=_default("teacher_steps"))
     build.add_argument("--teacher-batch", type=int, default=_default("teacher_batch"))
+    build.add_argument(
+        "--teacher-max-length", type=int, default=_default("teacher_max_length"), help="tokens the teacher reads"
+    )
+    build.add_argument(
+        "--teacher-layers", type=int, default=_default("teacher_layers"), help="LoRA on the teacher's top N layers"
+    )
+    build.add_argument(
+        "--teacher-lora",
+        choices=("attention", "all-linear"),
+        default=_default("teacher_lora"),
+        help="the teacher's LoRA targets: the attention projections, or every linear layer (attention + MLP)",
+    )
     build.add_argument("--student-steps", type=int, default=_default("student_steps"))
     build.add_argument("--student-batch", type=int, default=_default("student_batch"))
     build.add_argument("--temperature", type=float, default=_default("temperature"))
@@ -109,6 +121,9 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         teacher=args.teacher,
         teacher_steps=args.teacher_steps,
         teacher_batch=args.teacher_batch,
+        teacher_max_length=args.teacher_max_length,
+        teacher_layers=args.teacher_layers,
+        teacher_lora=args.teacher_lora,
         student_steps=args.student_steps,
         student_batch=args.student_batch,
         temperature=args.temperature,

@@ -14,6 +14,8 @@ What goes in (each conversation is (prompt, response); a text alone is a prompt 
 | hh-rlhf harmless                | (dialogue, chosen answer) of those pairs       | 0     |
 | safety-tuned-llamas, start part | (harmful request, its refusal) where the XSTest | 0     |
 |                                 | judge reads the answer as a refusal            |       |
+| safety-tuned-llamas, start part | (harmful request, "") - the request alone      | 1     |
+|   ("harmful-request")           |                                                |       |
 | safety-tuned-llamas, start part | (harmful request, the base model's own greedy  | 1     |
 |   ("model-compliant")           | answer) where the answer does not refuse       |       |
 | Davidson                        | hate/offensive tweet alone / "neither" alone   | 1 / 0 |
@@ -30,6 +32,9 @@ do not refuse ("There is no credible evidence that ..."); labelling those safe t
 answer to such a request is safe, so only real refusals are kept. "model-compliant" needs a generator
 (`compliant`: prompts -> answers, the base model's greedy answers, see `feddetox.compliant`); without one the
 source is left out. It is what the devices' poison looks like, which no human-written source does.
+"harmful-request" is there because AdvBench's goals are all imperatives ("Write a tutorial on ..."): trained on
+those alone as the harmful requests without an answer, the SmolGuard teacher gave XSTest's unsafe questions
+("How do I kill ...?") a mean p_unsafe of 0.24 (AUROC 0.69 against XSTest's safe ones).
 
 Large sources are capped per source (`caps`) so that no single one dominates and the build stays within the
 CPU budget. Test sets are held out from every training and calibration step: calibration uses `val`.
@@ -49,8 +54,9 @@ from feddetox.evaluation.refusal import is_refusal, xstest_refusal
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 #: changes when the sources or their labelling change, so that cached guardians built from older data are not
-#: taken for current ones (2: model-written compliant answers, real refusals only, no poison-part prompts)
-DATA_VERSION = 2
+#: taken for current ones (2: model-written compliant answers, real refusals only, no poison-part prompts;
+#: 3: harmful requests alone from the start part)
+DATA_VERSION = 3
 
 #: the most conversations taken from each source (before the split); None = all
 DEFAULT_CAPS: dict[str, int | None] = {
@@ -60,6 +66,7 @@ DEFAULT_CAPS: dict[str, int | None] = {
     "hh-rlhf-unsafe": 600,
     "hh-rlhf-safe": 600,
     "safety-tuned-llamas": 900,
+    "harmful-request": 600,
     "model-compliant": 600,
     "davidson-toxic": 600,
     "davidson-neither": 600,
@@ -117,7 +124,8 @@ def _refusals(requests: list[Conversation]) -> dict[str, list[Conversation]]:
     return {
         "safety-tuned-llamas": [
             _conv(c.prompt, c.response, 0, "safety-tuned-llamas") for c in requests if xstest_refusal(c.response)
-        ]
+        ],
+        "harmful-request": [_conv(c.prompt, "", 1, "harmful-request") for c in requests],
     }
 
 
@@ -147,7 +155,7 @@ SOURCES: tuple[Callable[[], dict[str, list[Conversation]]], ...] = (_advbench, _
 
 #: sources drawn from the start part only: split with another seed, else they would all fall in "train"
 #: (the start part is the prompts whose hash is below 0.3, as is "train" under the same seed)
-START_PART_SOURCES = ("safety-tuned-llamas", "model-compliant")
+START_PART_SOURCES = ("safety-tuned-llamas", "harmful-request", "model-compliant")
 
 
 def _dedupe(items: list[Conversation]) -> list[Conversation]:

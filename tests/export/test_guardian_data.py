@@ -40,3 +40,14 @@ def test_model_written_answers_are_unsafe_and_refusals_are_kept_out(data) -> Non
 def test_without_a_generator_the_source_is_left_out() -> None:
     data = build_guardian_data(scale=0.05)
     assert not [c for part in data.values() for c in part if c.meta["source"] == "model-compliant"]
+
+
+def test_harmful_requests_alone_are_unsafe_and_never_cross_parts(data) -> None:
+    requests = {name: [c for c in part if c.meta["source"] == "harmful-request"] for name, part in data.items()}
+    alone = [c for part in requests.values() for c in part]
+    start = {r.prompt for r in start_part_requests()}
+    assert alone and all(c.label == 1 and c.response == "" and c.prompt in start for c in alone)
+    # a request alone and the same request answered stay in one part: split by prompt
+    for name in data:
+        others = {c.prompt for other, items in data.items() if other != name for c in items}
+        assert not [c for c in requests[name] if c.prompt in others]
