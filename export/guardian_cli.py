@@ -46,9 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--teacher-layers", type=int, default=_default("teacher_layers"), help="LoRA on the teacher's top N layers"
     )
+    from export.teachers import LORA_TARGETS
+
     build.add_argument(
         "--teacher-lora",
-        choices=("attention", "all-linear"),
+        choices=tuple(LORA_TARGETS),
         default=_default("teacher_lora"),
         help="the teacher's LoRA targets: the attention projections, or every linear layer (attention + MLP)",
     )
