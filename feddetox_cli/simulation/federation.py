@@ -143,7 +143,12 @@ class Coordinator:
             run = self.run(run_id)
             state = (run["status"], run["rounds_closed"])
             if state != last:
-                print(f"  run {run_id[:8]}: {run['status']}, {run['rounds_closed']}/{rounds} rounds closed", flush=True)
+                total = run.get("config", {}).get("rounds", rounds)
+                print(
+                    f"  run {run_id[:8]}: {run['status']}, {run['rounds_closed']}/{total} rounds closed"
+                    f" (waiting for {rounds})",
+                    flush=True,
+                )
                 last = state
             if run["rounds_closed"] >= rounds:
                 return run
