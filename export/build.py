@@ -89,6 +89,11 @@ def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progres
         return T.EnsembleTeacher([make_teacher(p, train, cfg, progress) for p in parts])
     kind, _, ident = spec.partition(":")
     if kind == "smolguard":
+        if cfg.teacher_lora not in T.LORA_TARGETS:
+            raise ConfigError(
+                f"guardian build config teacher_lora: expected one of {', '.join(T.LORA_TARGETS)},"
+                f" got {cfg.teacher_lora!r}"
+            )
         return T.SmolGuardTeacher.load_or_train(
             train,
             progress=progress,

@@ -143,11 +143,9 @@ class Coordinator:
             run = self.run(run_id)
             state = (run["status"], run["rounds_closed"])
             if state != last:
-                total = run.get("config", {}).get("rounds", rounds)
+                closed, total = run["rounds_closed"], run["config"]["rounds"]
                 print(
-                    f"  run {run_id[:8]}: {run['status']}, {run['rounds_closed']}/{total} rounds closed"
-                    f" (waiting for {rounds})",
-                    flush=True,
+                    f"  run {run_id[:8]}: {run['status']}, {closed}/{total} rounds closed (wants {rounds})", flush=True
                 )
                 last = state
             if run["rounds_closed"] >= rounds:
