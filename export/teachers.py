@@ -2,7 +2,7 @@
 
     LlamaGuardTeacher("meta-llama/Llama-Guard-3-1B")   # the production teacher, by local path or hub id
     SequenceClassifierTeacher("path/or/hub-id")        # any Hugging Face sequence classifier
-    SmolGuardTeacher.load_or_train(train, val)         # the offline default, built here and cached
+    SmolGuardTeacher.load_or_train(train)              # the offline default, built here and cached
     EnsembleTeacher([a, b])                            # the mean of their probabilities
 
 Llama Guard answers "safe" or "unsafe\\nS<k>" after a prompt that lists its hazard categories; p_unsafe is the
@@ -225,18 +225,21 @@ def train_smolguard(
     out_dir: Path,
     *,
     base: str = "smollm2-135m-instruct",
-    steps: int = 150,
+    steps: int = 600,
     batch_size: int = 16,
     lr: float = 3e-4,
-    max_length: int = 96,
+    max_length: int = 128,
     lora_r: int = 16,
-    top_layers: int = 8,
-    targets: Sequence[str] = ATTENTION,
+    top_layers: int = 30,
+    targets: Sequence[str] = ALL_LINEAR,
     bf16: bool = False,
     seed: int = 0,
     progress=None,
 ) -> Path:
     """Fine-tune SmolLM2 + LoRA + a 2-label head on `train`; save the merged model.
+
+    The defaults are `export.build.BuildConfig`'s teacher settings, so a teacher trained from Python is the one
+    `feddetox guardian build` trains (a test keeps the two in step).
 
     LoRA sits on `targets` of the top `top_layers` layers: the backward pass stops at the lowest of them, so
     fewer layers make a step cheaper (top 8 of 30: a third of the time of every layer) but a weaker teacher.
@@ -303,7 +306,7 @@ def train_smolguard(
 class SmolGuardTeacher(SequenceClassifierTeacher):
     """The offline default teacher: SmolLM2-135M-Instruct fine-tuned (LoRA + head) on the shipped labels."""
 
-    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 96, bf16: bool = False) -> None:
+    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 128, bf16: bool = False) -> None:
         super().__init__(path, unsafe_index=1, max_length=max_length, bf16=bf16)
         self.tokenizer.truncation_side = "left"  # as in training: keep the response, cut the prompt's start
         self.teacher_id = f"{SMOLGUARD_VERSION}:{key}" if key else f"{SMOLGUARD_VERSION}:{Path(path).name}"
@@ -321,4 +324,4 @@ class SmolGuardTeacher(SequenceClassifierTeacher):
             tmp.rename(path)
         elif progress is not None:
             progress(f"teacher: cached {path.name}")
-        return cls(path, key=key, max_length=settings.get("max_length", 96), bf16=bool(settings.get("bf16", False)))
+        return cls(path, key=key, max_length=settings.get("max_length", 128), bf16=bool(settings.get("bf16", False)))

@@ -77,3 +77,20 @@ def test_bf16_scoring_stays_close_to_fp32(tiny_bert_path: Path) -> None:
     bf16 = SequenceClassifierTeacher(tiny_bert_path, bf16=True).logits(convs)
     assert not np.array_equal(bf16, fp32)  # autocast really ran
     assert np.abs(bf16 - fp32).max() <= 0.02 * np.abs(fp32).max() + 1e-3
+
+
+def test_smolguard_defaults_are_the_build_configs() -> None:
+    """A teacher trained from Python with the defaults is the one `feddetox guardian build` trains."""
+    import inspect
+
+    from export import teachers as T
+    from export.build import BuildConfig
+
+    params = inspect.signature(T.train_smolguard).parameters
+    cfg = BuildConfig(out_dir=Path("-"))
+    assert params["steps"].default == cfg.teacher_steps
+    assert params["batch_size"].default == cfg.teacher_batch
+    assert params["max_length"].default == cfg.teacher_max_length
+    assert params["top_layers"].default == cfg.teacher_layers
+    assert tuple(params["targets"].default) == T.LORA_TARGETS[cfg.teacher_lora]
+    assert inspect.signature(T.SmolGuardTeacher).parameters["max_length"].default == cfg.teacher_max_length
