@@ -6,9 +6,11 @@ Steps, each printed as it runs:
 1. data: the labelled conversations from the public sets (`export.guardian_data`), split by prompt;
 2. teacher: the offline default (SmolLM2-135M-Instruct + LoRA + head, trained once and cached) or one given by
    `--teacher` (llama-guard:ID, hf:ID, a comma-separated list for an ensemble);
-3. the teacher scores the transfer corpus (train), validation and test;
-4. the student (all-MiniLM-L6-v2 + head) is distilled from the teacher's soft labels; the hard-label
-   ablation is the same student trained on gold labels only;
+3. the teacher scores the labelled training, validation and test conversations and the transfer corpus
+   (`export.transfer`: unlabelled conversations of the same kinds);
+4. the student (all-MiniLM-L6-v2 + head) is distilled from the teacher's soft labels over the labelled training
+   conversations and the transfer corpus; the hard-label ablation is the same student trained on gold labels
+   only;
 5. thresholds for the teacher and the students are calibrated on validation benign data to the target FPR;
 6. the student is exported (int8 .pte, int8 .onnx) into a bundle;
 7. everything is evaluated on the held-out test sets; the quality table goes to the bundle's manifest (the
@@ -33,6 +35,7 @@ from export.calibration import agreement, threshold_for_fpr
 from export.distill import student_scores, train_student
 from export.evaluate import format_table, quality_rows, test_pool
 from export.guardian_data import build_guardian_data, describe
+from export.transfer import TRANSFER_VERSION, transfer_corpus
 from feddetox.data.records import Conversation
 from feddetox.errors import ConfigError
 from feddetox.guardian.manifest import write_manifest
@@ -67,6 +70,9 @@ class BuildConfig:
     #: (pooled test F1 0.775, AUROC 0.911, against 0.859, 0.956 on every layer), at a third of the step time
     teacher_layers: int = 30
     teacher_lora: str = "all-linear"
+    #: the transfer corpus (`export.transfer`: unlabelled conversations the teacher scores for the KD student),
+    #: every source cap multiplied by this; 0 distils over the labelled training conversations alone
+    transfer_scale: float = 1.0
     #: the .pte's word-embedding scheme: int4 (groups of 32) or int8 (per row); see export.pte
     embedding: str = "int4"
     #: the model whose own answers to harmful requests are labelled unsafe ("model-compliant" in
@@ -183,6 +189,10 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     progress(describe(data))
     train, val = data["train"], data["val"]
     pool = test_pool(data["test"])
+    transfer = []
+    if cfg.teacher != "none" and cfg.transfer_scale > 0:
+        transfer = transfer_corpus(data, seed=cfg.seed, scale=cfg.transfer_scale * cfg.data_scale)
+        progress(describe({"transfer": transfer}))
 
     if cfg.teacher == "none":  # no teacher: the gold labels stand in for its scores; only hard labels are trained
         teacher = _GoldLabels()
@@ -193,7 +203,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     # stages are resumable: a rerun with the same settings reuses the teacher's scores and the students
     export_only = ("out_dir", "onnx", "threads", "embedding")
     stamp = json.dumps({k: v for k, v in asdict(cfg).items() if k not in export_only}, default=str)
-    stamp += teacher.teacher_id
+    stamp += f"{teacher.teacher_id} transfer-v{TRANSFER_VERSION}"
     if (work / "stamp.txt").is_file() and (work / "stamp.txt").read_text() != stamp:
         for stale in ("teacher_scores.npz", "student-kd", "student-hard"):
             shutil.rmtree(work / stale, ignore_errors=True) if (work / stale).is_dir() else (work / stale).unlink(
@@ -205,7 +215,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
         progress("[3/7] teacher scores: reused from the work folder")
     else:
         tp = {}
-        for name, items in (("train", train), ("val", val), ("test", pool)):
+        for name, items in (("train", train), ("val", val), ("test", pool), ("transfer", transfer)):
             tp[name] = _timed(progress, f"[3/7] teacher scores {name} ({len(items)})", teacher.score, items)
         np.savez(work / "teacher_scores.npz", **tp)
     teacher_id = teacher.teacher_id
@@ -223,7 +233,8 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     student = _student(work / "student-kd", STUDENT, cfg.seed)
     if not (work / "student-kd" / "config.json").is_file():
         _timed(
-            progress, "[4/7] distil the student", train_student, student, tokenizer, train, tp["train"],
+            progress, "[4/7] distil the student", train_student, student, tokenizer, [*train, *transfer],
+            np.concatenate([tp["train"], tp["transfer"]]),
             temperature=cfg.temperature, alpha=cfg.alpha, **kw,
         )  # fmt: skip
         student.save_pretrained(work / "student-kd")

@@ -3,7 +3,8 @@ cross-entropy on the gold labels; `alpha=0` with gold labels is the hard-label a
 
     loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, gold)
 
-with `t` the teacher's two-class logits [log(1 - p), log p] from its p_unsafe, `s` the student's logits.
+with `t` the teacher's two-class logits [log(1 - p), log p] from its p_unsafe, `s` the student's logits; a
+conversation without a label (the transfer corpus, `export.transfer`) has the KL term alone, with weight 1.
 The T^2 factor keeps the soft term's gradient scale independent of T (Hinton et al., 2015).
 
     student = train_student(model, tokenizer, train, teacher_p, steps=300)     # in place, returns model
@@ -41,19 +42,24 @@ def kd_loss(
 ) -> torch.Tensor:
     """Temperature-scaled KL to the teacher's soft labels, mixed with CE on gold labels; mean over the batch.
 
-    student_logits (B, 2), teacher_p (B,) in [0, 1], gold (B,) in {0, 1} (needed when alpha < 1).
+    student_logits (B, 2), teacher_p (B,) in [0, 1], gold (B,) in {0, 1} (needed when alpha < 1). A row whose
+    gold label is -1 has none (a transfer-corpus conversation): the teacher is its only target, with weight 1,
+    while a labelled row weighs `alpha` on the teacher and `1 - alpha` on its label.
     """
+    if alpha < 1 and gold is None:
+        raise ValueError("kd_loss: gold labels are needed when alpha < 1")
+    labelled = torch.ones_like(teacher_p, dtype=torch.bool) if gold is None else gold >= 0
+    w_kd = torch.where(labelled, torch.full_like(teacher_p, alpha), torch.ones_like(teacher_p))
     loss = student_logits.new_zeros(())
-    if alpha > 0:
+    if bool((w_kd > 0).any()):
         t = teacher_logits(teacher_p.to(student_logits.dtype)) / temperature
         log_q = F.log_softmax(student_logits / temperature, dim=-1)
         log_p = F.log_softmax(t, dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
-        loss = loss + alpha * temperature**2 * kl
-    if alpha < 1:
-        if gold is None:
-            raise ValueError("kd_loss: gold labels are needed when alpha < 1")
-        loss = loss + (1 - alpha) * F.cross_entropy(student_logits, gold.long())
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+        loss = loss + temperature**2 * (w_kd.to(kl.dtype) * kl).mean()
+    if alpha < 1 and gold is not None and bool(labelled.any()):
+        ce = F.cross_entropy(student_logits, gold.clamp(min=0).long(), reduction="none")
+        loss = loss + (1 - alpha) * (ce * labelled.to(ce.dtype)).mean()
     return loss
 
 
@@ -79,14 +85,18 @@ def train_student(
 ) -> torch.nn.Module:
     """Fine-tune the student in place on `train`; `teacher_p=None` trains on gold labels only (hard labels).
 
+    Conversations with no label (`label is None`, the transfer corpus) learn from the teacher alone.
+
     `bf16` autocast pays only where the CPU multiplies bf16 in hardware: a MiniLM step (32 x 128, one thread)
     measured 4-6 s in fp32 and 1.8-2.0 s under autocast on an AVX512-BF16 core, while on an AVX2-only core
     (bf16 emulated) a 16 x 96 step went from 3-4 s in fp32 to 26-43 s. `BuildConfig.bf16="auto"` decides.
     """
     torch.manual_seed(seed)
     if teacher_p is None:
+        if any(c.label is None for c in train):
+            raise ValueError("train_student: conversations without a label need the teacher's scores (teacher_p)")
         alpha = 0.0
-    gold_all = torch.tensor([int(c.label) for c in train])
+    gold_all = torch.tensor([-1 if c.label is None else int(c.label) for c in train])
     soft_all = torch.zeros(len(train)) if teacher_p is None else torch.as_tensor(np.asarray(teacher_p, np.float32))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)

@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--student-steps", type=int, default=_default("student_steps"))
     build.add_argument("--student-batch", type=int, default=_default("student_batch"))
+    build.add_argument("--student-lr", type=float, default=_default("student_lr"))
+    build.add_argument(
+        "--transfer-scale",
+        type=float,
+        default=_default("transfer_scale"),
+        help="scale the transfer corpus the teacher scores for distillation (0 = the labelled conversations only)",
+    )
     build.add_argument("--temperature", type=float, default=_default("temperature"))
     build.add_argument(
         "--alpha", type=float, default=_default("alpha"), help="weight of the KD term; 1 - alpha goes to gold CE"
@@ -128,6 +135,8 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         teacher_lora=args.teacher_lora,
         student_steps=args.student_steps,
         student_batch=args.student_batch,
+        student_lr=args.student_lr,
+        transfer_scale=args.transfer_scale,
         temperature=args.temperature,
         alpha=args.alpha,
         target_fpr=args.target_fpr,

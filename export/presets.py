@@ -4,7 +4,7 @@
 
 The simulation (`guardian = "build:PRESET"`) and the guardian benchmark use the same cached bundle, so the
 benchmark measures the bundle the paper's comparison runs with. The key covers the preset's options and the
-guardian data's version: a changed preset or changed data builds a new bundle.
+guardian data's and the transfer corpus's versions: a changed preset or changed data builds a new bundle.
 """
 
 from __future__ import annotations
@@ -45,13 +45,14 @@ def preset_key(preset: str) -> str:
 
     from export.guardian_cli import build_config
     from export.guardian_data import DATA_VERSION
+    from export.transfer import TRANSFER_VERSION
 
     if preset not in GUARDIAN_PRESETS:
         raise ConfigError(f"guardian preset {preset!r} is unknown; known: {', '.join(GUARDIAN_PRESETS)}")
     settings = asdict(build_config(["--out", "-", *GUARDIAN_PRESETS[preset]]))
     for where in ("out_dir", "threads"):  # where it is written and how many cores build it: not what is built
         settings.pop(where)
-    text = json.dumps([settings, DATA_VERSION], sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps([settings, DATA_VERSION, TRANSFER_VERSION], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

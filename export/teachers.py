@@ -166,10 +166,13 @@ class SequenceClassifierTeacher:
 
     @torch.no_grad()
     def logits(self, conversations: Sequence[Conversation], *, batch_size: int = 16) -> np.ndarray:
+        """(N, 2) logits in the conversations' order; batches of similar length, so that little is padding."""
+        texts = [classifier_text(c) for c in conversations]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = []
-        for batch in _batches(conversations, batch_size):
+        for batch in _batches(order, batch_size):
             enc = self.tokenizer(
-                [classifier_text(c) for c in batch],
+                [texts[i] for i in batch],
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
@@ -177,7 +180,11 @@ class SequenceClassifierTeacher:
             )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 out.append(self.model(**enc).logits.float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+        if not out:
+            return np.zeros((0, 2), dtype=np.float32)
+        logits = np.empty((len(texts), 2), dtype=np.float32)
+        logits[order] = np.concatenate(out)
+        return logits
 
     def score(self, conversations: Sequence[Conversation], *, batch_size: int = 16) -> np.ndarray:
         z = self.logits(conversations, batch_size=batch_size).astype(np.float64)

@@ -94,3 +94,13 @@ def test_smolguard_defaults_are_the_build_configs() -> None:
     assert params["top_layers"].default == cfg.teacher_layers
     assert tuple(params["targets"].default) == T.LORA_TARGETS[cfg.teacher_lora]
     assert inspect.signature(T.SmolGuardTeacher).parameters["max_length"].default == cfg.teacher_max_length
+
+
+def test_scores_come_back_in_the_conversations_order(tiny_bert_path: Path) -> None:
+    """Batches are formed by length (little padding); each score still belongs to its own conversation."""
+    clf = SequenceClassifierTeacher(tiny_bert_path)
+    convs = [Conversation("word " * n, "reply " * (7 - n)) for n in (6, 1, 4, 2, 5, 3)]
+    batched = clf.score(convs, batch_size=2)
+    one_by_one = np.concatenate([clf.score([c], batch_size=1) for c in convs])
+    assert np.allclose(batched, one_by_one, atol=1e-5)
+    assert len(set(np.round(batched, 6))) > 1  # the conversations really score differently

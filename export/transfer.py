@@ -1,0 +1,144 @@
+"""The transfer corpus: conversations without labels that the teacher scores and the student learns from.
+
+    corpus = transfer_corpus(data, seed=0)          # list[Conversation], label None
+
+Distillation needs the teacher's judgement on many conversations, not only on the few thousand that carry a
+label: trained on the 5,332 labelled training conversations alone, the MiniLM student agreed with the SmolGuard
+teacher on 0.92 of the test decisions, and each was wrong on about a tenth of them, on different conversations.
+The corpus adds text of the same kinds from the shipped sets that the labelled data leaves out, with no label of
+its own (the teacher's score is its only target):
+
+| source                  | conversation                                                          |
+|-------------------------|-----------------------------------------------------------------------|
+| davidson                | the tweets beyond the labelled caps, alone                            |
+| hh-rlhf-answer          | (dialogue, answer) for both answers of every harmless pair            |
+| hh-rlhf-turn            | each human turn of a dialogue alone ("How do I pick a lock?")         |
+| benign-answer           | (benign prompt, a weaker model's answer): UltraFeedback's rejected    |
+|                         | answers, PandaLM's, AlpacaEval's weaker models'                       |
+| benign-prompt           | PandaLM prompts alone, and the benign prompts beyond the caps         |
+| safety-eval-prompt      | safety-tuned-llamas' evaluation prompts alone (harmful instructions   |
+|                         | and questions, hateful requests, physical-safety questions both ways) |
+
+The questions are what the labelled data lacks most: its harmful requests are nearly all imperatives, while
+XSTest's prompts (and a device user's) are questions, and safe questions that only sound harmful ("How do I kill
+a Python process?") are where the two models disagreed most.
+
+Held out as the labelled data is: every source is split by prompt with the labelled data's fractions and seed
+and only the train part is kept (a hh-rlhf turn goes with its dialogue, and one that is also in a held-out dialogue
+is left out), and no prompt of the labelled
+validation or test parts, of XSTest, or of the devices' poison part of safety-tuned-llamas is taken.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+from feddetox.data import sets
+from feddetox.data.records import Conversation, PreferencePair
+from feddetox.data.splits import split_by_prompt
+
+#: changes when the sources or their selection change, so that a cached build is not taken for a current one
+TRANSFER_VERSION = 1
+
+#: the most conversations taken from each source (after the split); None = all
+DEFAULT_TRANSFER_CAPS: dict[str, int | None] = {
+    "davidson": 6000,
+    "hh-rlhf-answer": 2400,
+    "hh-rlhf-turn": 3600,
+    "benign-answer": 2400,
+    "benign-prompt": 600,
+    "safety-eval-prompt": None,
+}
+
+
+def _conv(prompt: str, response: str, source: str) -> Conversation:
+    return Conversation(prompt.strip(), response.strip(), None, meta={"source": source})
+
+
+def _human_turns(pair: PreferencePair) -> list[str]:
+    return [m["content"] for m in pair.meta.get("messages") or [] if m["role"] == "user" and m["content"]]
+
+
+def _train_part(items: Sequence, seed: int, key=lambda c: c.prompt) -> list:
+    from export.guardian_data import FRACTIONS
+
+    return split_by_prompt(items, FRACTIONS, seed=seed, key=key)["train"]
+
+
+def _hh(seed: int) -> dict[str, list[Conversation]]:
+    every = sets.hh_rlhf_harmless()
+    pairs = _train_part(every, seed)
+    answers = [_conv(p.prompt, a, "hh-rlhf-answer") for p in pairs for a in (p.chosen, p.rejected)]
+    # many dialogues share a turn ("Can I ask you something?"): one that is also in a held-out dialogue is left out
+    kept = {id(p) for p in pairs}
+    held_turns = {t for p in every if id(p) not in kept for t in _human_turns(p)}
+    turns = [_conv(t, "", "hh-rlhf-turn") for p in pairs for t in _human_turns(p) if t not in held_turns]
+    return {"hh-rlhf-answer": answers, "hh-rlhf-turn": turns}
+
+
+def _benign(seed: int) -> dict[str, list[Conversation]]:
+    pairs = [
+        *sets.ultrafeedback("train"),
+        *sets.ultrafeedback("eval"),
+        *sets.pandalm_pairs(),
+        *sets.alpaca_eval_pairs("v2"),
+        *sets.alpaca_eval_pairs("v1"),
+    ]
+    answers = [_conv(p.prompt, a, "benign-answer") for p in pairs for a in (p.chosen, p.rejected)]
+    prompts = [_conv(p.prompt, "", "benign-prompt") for p in pairs]
+    return {"benign-answer": _train_part(answers, seed), "benign-prompt": _train_part(prompts, seed)}
+
+
+def _davidson(seed: int) -> dict[str, list[Conversation]]:
+    return {"davidson": _train_part([_conv(c.prompt, "", "davidson") for c in sets.davidson()], seed)}
+
+
+def _safety_eval(seed: int) -> dict[str, list[Conversation]]:
+    # in no test set and no client's data: all of them
+    return {"safety-eval-prompt": [_conv(p.prompt, "", "safety-eval-prompt") for p in sets.safety_tuned_llamas_eval()]}
+
+
+SOURCES = (_davidson, _hh, _benign, _safety_eval)
+
+
+def held_out_prompts(data: dict[str, list[Conversation]], seed: int = 0) -> set[str]:
+    """The prompts the transfer corpus must not hold: labelled val and test, XSTest, the devices' poison part."""
+    from feddetox.scenario import harmful_requests
+
+    held = {c.prompt for part in ("val", "test") for c in data.get(part, [])}
+    held |= {p.prompt.strip() for p in sets.xstest()}
+    held |= {c.prompt.strip() for c in harmful_requests(seed=seed)["poison"]}
+    return held
+
+
+def transfer_corpus(
+    data: dict[str, list[Conversation]],
+    *,
+    seed: int = 0,
+    scale: float = 1.0,
+    caps: dict[str, int | None] | None = None,
+    exclude: Iterable[str] = (),
+) -> list[Conversation]:
+    """Unlabelled conversations for distillation, none already in `data` (the labelled parts); see the docstring.
+
+    `scale` multiplies every cap, as the labelled data's `scale` does; a cap of 0 leaves a source out.
+    """
+    caps = {**DEFAULT_TRANSFER_CAPS, **(caps or {})}
+    held = held_out_prompts(data, seed) | set(exclude)
+    seen = {(c.prompt, c.response) for part in data.values() for c in part}
+    rng = random.Random(seed)
+    out: list[Conversation] = []
+    for load in SOURCES:
+        for source, items in load(seed).items():
+            kept = []
+            for c in items:
+                if c.prompt and c.prompt not in held and (c.prompt, c.response) not in seen:
+                    seen.add((c.prompt, c.response))
+                    kept.append(c)
+            rng.shuffle(kept)
+            cap = caps.get(source)
+            limit = len(kept) if cap is None else cap
+            out.extend(kept[: int(limit * scale)] if limit else [])
+    rng.shuffle(out)
+    return out
