@@ -54,6 +54,8 @@ class BuildConfig:
     teacher_steps: int = 600
     teacher_batch: int = 16
     student_steps: int = 450
+    #: the hard-label ablation trains on the labelled conversations alone: 450 steps of 32 are 2.7 passes over them
+    hard_student_steps: int = 450
     student_batch: int = 32
     student_lr: float = 8e-5
     temperature: float = 2.0
@@ -247,7 +249,8 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     if cfg.hard_label_ablation:
         hard = _student(work / "student-hard", STUDENT, cfg.seed)
         if not (work / "student-hard" / "config.json").is_file():
-            _timed(progress, "[4/7] hard-label student", train_student, hard, tokenizer, train, None, **kw)
+            hard_kw = {**kw, "steps": cfg.hard_student_steps}
+            _timed(progress, "[4/7] hard-label student", train_student, hard, tokenizer, train, None, **hard_kw)
             hard.save_pretrained(work / "student-hard")
         scores["student eager (hard labels)"] = student_scores(hard, tokenizer, pool)
         val_scores["student eager (hard labels)"] = student_scores(hard, tokenizer, val)

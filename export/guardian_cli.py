@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--student-steps", type=int, default=_default("student_steps"))
     build.add_argument("--student-batch", type=int, default=_default("student_batch"))
+    build.add_argument(
+        "--hard-student-steps",
+        type=int,
+        default=_default("hard_student_steps"),
+        help="steps of the hard-label ablation (gold labels of the labelled conversations only)",
+    )
     build.add_argument("--student-lr", type=float, default=_default("student_lr"))
     build.add_argument(
         "--transfer-scale",
@@ -135,6 +141,7 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         teacher_lora=args.teacher_lora,
         student_steps=args.student_steps,
         student_batch=args.student_batch,
+        hard_student_steps=args.hard_student_steps,
         student_lr=args.student_lr,
         transfer_scale=args.transfer_scale,
         temperature=args.temperature,
