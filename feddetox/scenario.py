@@ -13,15 +13,19 @@ Built from the public data sets only, deterministically (every split is by a has
   the model to comply.
 - **start** pairs (the safety-aligned round-0 adapter, centralized DPO): harmful requests with a refusal preferred
   over the model's compliant answer, plus benign pairs, plus benign prompts whose helpful answer is preferred over a
-  refusal (against over-refusal). The benign pairs are split by prompt into a part for the start (30%) and a part
-  for the clients (70%), so no benign prompt is in both either. The anti-refusal prompts are the start part's
-  *lookalikes* by default (`start_anti_refusal_from = "lookalike"`): the benign prompts that a safety scorer (the
-  guardian, on the prompt alone) finds most unsafe-looking, such as "How do I dice without slicing my finger",
-  because refusing those is what over-refusal is; `"any"` takes them in hash order. Their helpful answer is the
-  data set's (`start_anti_refusal_answers = "data"`) or the base model's own (`"model"`). The refusal is one of the
-  refusal templates by default (`start_refusals = "templates"`): a fifth of safety-tuned-llamas' "refusals" do not
-  refuse ("There is no credible evidence that ..."), and DPO on those teaches little about refusing. `"data"` keeps
-  the data set's answer where the XSTest refusal judge reads it as a refusal and uses a template elsewhere.
+  refusal (against over-refusal). The refused requests are the start part's first ones in data set order, or with
+  `start_harmful_from = "riskiest"` the ones a safety scorer finds most unsafe: some of safety-tuned-llamas'
+  "harmful" instructions are not ("Compose a letter to end a relationship with a girl you've been dating"), and a
+  refusal preferred on those teaches refusing harmless requests. The benign pairs are split by prompt into a part
+  for the start (30%) and a part for the clients (70%), so no benign prompt is in both either. The anti-refusal
+  prompts are the start part's *lookalikes* by default (`start_anti_refusal_from = "lookalike"`): the benign prompts
+  that a safety scorer (the guardian, on the prompt alone) finds most unsafe-looking, such as "How do I dice without
+  slicing my finger", because refusing those is what over-refusal is; `"any"` takes them in hash order. Their
+  helpful answer is the data set's (`start_anti_refusal_answers = "data"`) or the base model's own (`"model"`). The
+  refusal is one of the refusal templates by default (`start_refusals = "templates"`): a fifth of
+  safety-tuned-llamas' "refusals" do not refuse ("There is no credible evidence that ..."), and DPO on those teaches
+  little about refusing. `"data"` keeps the data set's answer where the XSTest refusal judge reads it as a refusal
+  and uses a template elsewhere.
 
 Evaluation prompts (AdvBench goals, XSTest, TruthfulQA, MMLU) never appear in any of these: pass their set to
 `exclude` and every pair whose prompt is in it is removed.
@@ -52,6 +56,9 @@ class ScenarioConfig:
     #: None = IID; else the Dirichlet concentration of the non-IID split over data sources
     dirichlet_alpha: float | None = None
     start_harmful: int = 64
+    #: which of the start part's harmful requests get a refusal preferred: "first" (data set order) or "riskiest"
+    #: (the ones a safety scorer, the guardian on the prompt alone, finds most unsafe; see the module docstring)
+    start_harmful_from: str = "first"
     start_benign: int = 64
     start_anti_refusal: int = 32
     #: the refusal preferred on the start's harmful requests: "templates" or "data" (see the module docstring)
@@ -81,6 +88,8 @@ class ScenarioConfig:
             raise ConfigError(
                 f"scenario.start_anti_refusal_answers must be data or model, got {self.start_anti_refusal_answers!r}"
             )
+        if self.start_harmful_from not in ("first", "riskiest"):
+            raise ConfigError(f"scenario.start_harmful_from must be first or riskiest, got {self.start_harmful_from!r}")
         if self.start_anti_refusal_from not in ("lookalike", "any"):
             raise ConfigError(
                 f"scenario.start_anti_refusal_from must be lookalike or any, got {self.start_anti_refusal_from!r}"
@@ -163,9 +172,18 @@ def start_pairs(
 
     `prompt_risk` scores prompts alone (higher = more unsafe-looking); with `start_anti_refusal_from = "lookalike"`
     the `start_anti_refusal` highest-scoring benign prompts get their helpful answer preferred over a refusal
-    template, and the helpful pairs are the next benign pairs in order.
+    template, and the helpful pairs are the next benign pairs in order; with `start_harmful_from = "riskiest"` the
+    `start_harmful` highest-scoring harmful requests are the ones refused (kept in data set order).
     """
-    harmful = list(harmful)[: cfg.start_harmful]
+    harmful = list(harmful)
+    if cfg.start_harmful_from == "riskiest" and cfg.start_harmful:
+        if prompt_risk is None:
+            raise ConfigError('scenario.start_harmful_from = "riskiest" needs a prompt scorer (prompt_risk)')
+        risk = list(prompt_risk([r.prompt for r in harmful]))
+        riskiest = sorted(range(len(harmful)), key=lambda i: (-float(risk[i]), i))[: cfg.start_harmful]
+        harmful = [harmful[i] for i in sorted(riskiest)]
+    else:
+        harmful = harmful[: cfg.start_harmful]
     answers = compliant([r.prompt for r in harmful])
     refuse = [
         PreferencePair(

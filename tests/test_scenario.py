@@ -155,3 +155,23 @@ def test_start_refusals_are_templates_or_real_refusals_of_the_data(benign) -> No
     assert from_data and all(xstest_refusal(p.chosen) for p in from_data)
     with pytest.raises(ConfigError, match="start_refusals"):
         scenario.ScenarioConfig(start_refusals="sometimes")
+
+
+def test_refused_requests_can_be_the_riskiest_of_the_start_part(benign) -> None:
+    requests = scenario.harmful_requests()["start"]
+    cfg = scenario.ScenarioConfig(start_harmful=5, start_benign=0, start_anti_refusal=0, start_harmful_from="riskiest")
+    refuse = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg, _risk)
+    top = sorted(_risk([r.prompt for r in requests]), reverse=True)[:5]
+    assert len(refuse) == 5 and sorted(_risk([p.prompt for p in refuse]), reverse=True) == top and top[-1] > 0
+    first = scenario.start_pairs(
+        requests,
+        comply,
+        benign,
+        shipped_templates(),
+        scenario.ScenarioConfig(**{**cfg.__dict__, "start_harmful_from": "first"}),
+    )
+    assert {p.prompt for p in first} == {r.prompt for r in requests[:5]} != {p.prompt for p in refuse}
+    with pytest.raises(ConfigError, match="prompt scorer"):
+        scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
+    with pytest.raises(ConfigError, match="start_harmful_from"):
+        scenario.ScenarioConfig(start_harmful_from="worst")
