@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,85 +28,75 @@ def _default(name: str):
     return BuildConfig.__dataclass_fields__[name].default
 
 
+def _field_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """`--name-of-the-field`, defaulting to the `BuildConfig` field `name`, typed as its default is (int, float)."""
+    default = _default(name)
+    if type(default) in (int, float):
+        kwargs.setdefault("type", type(default))
+    parser.add_argument("--" + name.replace("_", "-"), default=default, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feddetox guardian", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="build a guardian bundle: distil, calibrate, export, evaluate")
     build.add_argument("--out", type=Path, required=True, help="the bundle folder to write (replaced)")
-    build.add_argument(
-        "--teacher",
-        default=_default("teacher"),
+    _field_option(
+        build,
+        "teacher",
         help="smolguard (default, built here), llama-guard:ID, hf:ID, a,b for an ensemble, or none (gold labels only)",
     )
-    build.add_argument("--teacher-steps", type=int, default=_default("teacher_steps"))
-    build.add_argument("--teacher-batch", type=int, default=_default("teacher_batch"))
-    build.add_argument(
-        "--teacher-max-length", type=int, default=_default("teacher_max_length"), help="tokens the teacher reads"
-    )
-    build.add_argument(
-        "--teacher-layers", type=int, default=_default("teacher_layers"), help="LoRA on the teacher's top N layers"
-    )
+    _field_option(build, "teacher_steps")
+    _field_option(build, "teacher_batch")
+    _field_option(build, "teacher_max_length", help="tokens the teacher reads")
+    _field_option(build, "teacher_layers", help="LoRA on the teacher's top N layers")
     from export.teachers import LORA_TARGETS
 
-    build.add_argument(
-        "--teacher-lora",
+    _field_option(
+        build,
+        "teacher_lora",
         choices=tuple(LORA_TARGETS),
-        default=_default("teacher_lora"),
         help="the teacher's LoRA targets: the attention projections, or every linear layer (attention + MLP)",
     )
-    build.add_argument("--student-steps", type=int, default=_default("student_steps"))
-    build.add_argument("--student-batch", type=int, default=_default("student_batch"))
-    build.add_argument(
-        "--hard-student-steps",
-        type=int,
-        default=_default("hard_student_steps"),
-        help="steps of the hard-label ablation (gold labels of the labelled conversations only)",
+    _field_option(build, "student_steps")
+    _field_option(build, "student_batch")
+    _field_option(
+        build, "hard_student_steps", help="steps of the hard-label ablation (the labelled conversations' gold labels)"
     )
-    build.add_argument("--student-lr", type=float, default=_default("student_lr"))
-    build.add_argument(
-        "--transfer-scale",
-        type=float,
-        default=_default("transfer_scale"),
+    _field_option(build, "student_lr")
+    _field_option(
+        build,
+        "transfer_scale",
         help="scale the transfer corpus the teacher scores for distillation (0 = the labelled conversations only)",
     )
-    build.add_argument("--temperature", type=float, default=_default("temperature"))
-    build.add_argument(
-        "--alpha", type=float, default=_default("alpha"), help="weight of the KD term; 1 - alpha goes to gold CE"
-    )
-    build.add_argument(
-        "--target-fpr", type=float, default=_default("target_fpr"), help="benign false-positive rate to calibrate to"
-    )
-    build.add_argument(
-        "--data-scale", type=float, default=_default("data_scale"), help="scale every per-source cap (0.2 = quick)"
-    )
+    _field_option(build, "temperature")
+    _field_option(build, "alpha", help="weight of the KD term; 1 - alpha goes to gold CE")
+    _field_option(build, "target_fpr", help="benign false-positive rate to calibrate to")
+    _field_option(build, "data_scale", help="scale every per-source cap (0.2 = quick)")
     build.add_argument("--no-onnx", action="store_true", help="skip the .onnx")
     build.add_argument("--no-ablation", action="store_true", help="skip the hard-label student")
-    build.add_argument(
-        "--threads", type=int, default=_default("threads"), help="torch threads (1 is best on a shared machine)"
-    )
-    build.add_argument(
-        "--embedding",
+    _field_option(build, "threads", help="torch threads (1 is best on a shared machine)")
+    _field_option(
+        build,
+        "embedding",
         choices=("int4", "int8"),
-        default=_default("embedding"),
         help="the .pte's word embedding: int4 in groups of 32 (default, 19 MB) or int8 per row (23.5 MB)",
     )
-    build.add_argument(
-        "--compliant-model",
-        default=_default("compliant_model"),
+    _field_option(
+        build,
+        "compliant_model",
         help="a model whose own answers to harmful requests are labelled unsafe ('none' leaves them out)",
     )
-    build.add_argument(
-        "--compliant-tokens", type=int, default=_default("compliant_tokens"), help="greedy tokens per compliant answer"
-    )
-    build.add_argument(
-        "--bf16",
+    _field_option(build, "compliant_tokens", help="greedy tokens per compliant answer")
+    _field_option(
+        build,
+        "bf16",
         choices=("auto", "on", "off"),
-        default=_default("bf16"),
         help="bf16 autocast while the teacher trains and scores and the students train; auto: on where the CPU "
         "has bf16 units",
     )
-    build.add_argument("--seed", type=int, default=_default("seed"))
+    _field_option(build, "seed")
 
     ev = sub.add_parser("eval", help="print the quality table of a bundle")
     ev.add_argument("bundle", type=Path)
@@ -131,32 +122,15 @@ def build_config(argv: list[str]) -> BuildConfig:
 def _config(args: argparse.Namespace) -> BuildConfig:
     from export.build import BuildConfig
 
-    return BuildConfig(
+    options = {f.name: getattr(args, f.name) for f in fields(BuildConfig) if hasattr(args, f.name)}
+    options.update(  # the options whose value is not the field's as given
         out_dir=args.out,
-        teacher=args.teacher,
-        teacher_steps=args.teacher_steps,
-        teacher_batch=args.teacher_batch,
-        teacher_max_length=args.teacher_max_length,
-        teacher_layers=args.teacher_layers,
-        teacher_lora=args.teacher_lora,
-        student_steps=args.student_steps,
-        student_batch=args.student_batch,
-        hard_student_steps=args.hard_student_steps,
-        student_lr=args.student_lr,
-        transfer_scale=args.transfer_scale,
-        temperature=args.temperature,
-        alpha=args.alpha,
-        target_fpr=args.target_fpr,
-        data_scale=args.data_scale,
-        seed=args.seed,
         onnx=not args.no_onnx,
         hard_label_ablation=not args.no_ablation,
-        threads=args.threads,
-        embedding=args.embedding,
         compliant_model=None if args.compliant_model == "none" else args.compliant_model,
-        compliant_tokens=args.compliant_tokens,
         bf16={"auto": "auto", "on": True, "off": False}[args.bf16],
     )
+    return BuildConfig(**options)
 
 
 def _build(args: argparse.Namespace) -> int:
