@@ -167,10 +167,11 @@ class SequenceClassifierTeacher:
     @torch.no_grad()
     def logits(self, conversations: Sequence[Conversation], *, batch_size: int = 16) -> np.ndarray:
         """(N, 2) logits in the conversations' order; batches of similar length, so that little is padding."""
+        from feddetox.evaluation.generate import length_batches
+
         texts = [classifier_text(c) for c in conversations]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = []
-        for batch in _batches(order, batch_size):
+        logits = np.zeros((len(texts), 2), dtype=np.float32)
+        for batch in length_batches([len(t) for t in texts], batch_size):
             enc = self.tokenizer(
                 [texts[i] for i in batch],
                 return_tensors="pt",
@@ -179,11 +180,7 @@ class SequenceClassifierTeacher:
                 max_length=self.max_length,
             )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                out.append(self.model(**enc).logits.float().numpy())
-        if not out:
-            return np.zeros((0, 2), dtype=np.float32)
-        logits = np.empty((len(texts), 2), dtype=np.float32)
-        logits[order] = np.concatenate(out)
+                logits[batch] = self.model(**enc).logits.float().numpy()
         return logits
 
     def score(self, conversations: Sequence[Conversation], *, batch_size: int = 16) -> np.ndarray:

@@ -34,9 +34,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
+from export.guardian_data import FRACTIONS
 from feddetox.data import sets
 from feddetox.data.records import Conversation, PreferencePair
 from feddetox.data.splits import split_by_prompt
+from feddetox.scenario import harmful_requests
 
 #: changes when the sources or their selection change, so that a cached build is not taken for a current one
 TRANSFER_VERSION = 1
@@ -60,10 +62,8 @@ def _human_turns(pair: PreferencePair) -> list[str]:
     return [m["content"] for m in pair.meta.get("messages") or [] if m["role"] == "user" and m["content"]]
 
 
-def _train_part(items: Sequence, seed: int, key=lambda c: c.prompt) -> list:
-    from export.guardian_data import FRACTIONS
-
-    return split_by_prompt(items, FRACTIONS, seed=seed, key=key)["train"]
+def _train_part(items: Sequence, seed: int) -> list:
+    return split_by_prompt(items, FRACTIONS, seed=seed)["train"]
 
 
 def _hh(seed: int) -> dict[str, list[Conversation]]:
@@ -104,8 +104,6 @@ SOURCES = (_davidson, _hh, _benign, _safety_eval)
 
 def held_out_prompts(data: dict[str, list[Conversation]], seed: int = 0) -> set[str]:
     """The prompts the transfer corpus must not hold: labelled val and test, XSTest, the devices' poison part."""
-    from feddetox.scenario import harmful_requests
-
     held = {c.prompt for part in ("val", "test") for c in data.get(part, [])}
     held |= {p.prompt.strip() for p in sets.xstest()}
     held |= {c.prompt.strip() for c in harmful_requests(seed=seed)["poison"]}
@@ -138,7 +136,6 @@ def transfer_corpus(
                     kept.append(c)
             rng.shuffle(kept)
             cap = caps.get(source)
-            limit = len(kept) if cap is None else cap
-            out.extend(kept[: int(limit * scale)] if limit else [])
+            out.extend(kept[: int((len(kept) if cap is None else cap) * scale)])
     rng.shuffle(out)
     return out

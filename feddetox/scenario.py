@@ -177,10 +177,7 @@ def start_pairs(
     """
     harmful = list(harmful)
     if cfg.start_harmful_from == "riskiest" and cfg.start_harmful:
-        if prompt_risk is None:
-            raise ConfigError('scenario.start_harmful_from = "riskiest" needs a prompt scorer (prompt_risk)')
-        risk = list(prompt_risk([r.prompt for r in harmful]))
-        riskiest = sorted(range(len(harmful)), key=lambda i: (-float(risk[i]), i))[: cfg.start_harmful]
+        riskiest = _riskiest(harmful, cfg.start_harmful, prompt_risk, 'start_harmful_from = "riskiest"')
         harmful = [harmful[i] for i in sorted(riskiest)]
     else:
         harmful = harmful[: cfg.start_harmful]
@@ -197,10 +194,7 @@ def start_pairs(
     benign = list(benign)
     n_anti = cfg.start_anti_refusal
     if cfg.start_anti_refusal_from == "lookalike" and n_anti:
-        if prompt_risk is None:
-            raise ConfigError('scenario.start_anti_refusal_from = "lookalike" needs a prompt scorer (prompt_risk)')
-        risk = list(prompt_risk([p.prompt for p in benign]))
-        picked = sorted(range(len(benign)), key=lambda i: (-float(risk[i]), i))[:n_anti]
+        picked = _riskiest(benign, n_anti, prompt_risk, 'start_anti_refusal_from = "lookalike"')
     else:  # the pairs after the helpful ones
         picked = list(range(cfg.start_benign, min(cfg.start_benign + n_anti, len(benign))))
     anti_from, taken = [benign[i] for i in picked], set(picked)
@@ -215,6 +209,19 @@ def start_pairs(
     ]
     mixed = refuse + helpful + anti
     return sorted(mixed, key=lambda p: prompt_hash(p.prompt, cfg.seed))
+
+
+def _riskiest(
+    items: Sequence[Conversation | PreferencePair],
+    n: int,
+    prompt_risk: Callable[[list[str]], Sequence[float]] | None,
+    setting: str,
+) -> list[int]:
+    """The indices of the `n` items whose prompts `prompt_risk` scores highest, highest first (ties: data order)."""
+    if prompt_risk is None:
+        raise ConfigError(f"scenario.{setting} needs a prompt scorer (prompt_risk)")
+    risk = [float(r) for r in prompt_risk([item.prompt for item in items])]
+    return sorted(range(len(items)), key=lambda i: (-risk[i], i))[:n]
 
 
 def _start_refusal(request: Conversation, templates: Sequence[str], cfg: ScenarioConfig) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from feddetox import scenario
@@ -163,13 +165,8 @@ def test_refused_requests_can_be_the_riskiest_of_the_start_part(benign) -> None:
     refuse = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg, _risk)
     top = sorted(_risk([r.prompt for r in requests]), reverse=True)[:5]
     assert len(refuse) == 5 and sorted(_risk([p.prompt for p in refuse]), reverse=True) == top and top[-1] > 0
-    first = scenario.start_pairs(
-        requests,
-        comply,
-        benign,
-        shipped_templates(),
-        scenario.ScenarioConfig(**{**cfg.__dict__, "start_harmful_from": "first"}),
-    )
+    in_order = replace(cfg, start_harmful_from="first")
+    first = scenario.start_pairs(requests, comply, benign, shipped_templates(), in_order)
     assert {p.prompt for p in first} == {r.prompt for r in requests[:5]} != {p.prompt for p in refuse}
     with pytest.raises(ConfigError, match="prompt scorer"):
         scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
