@@ -21,16 +21,12 @@ if TYPE_CHECKING:
     from export.build import BuildConfig
 
 
-def _default(name: str):
-    """The build's default for one option: `BuildConfig` is the one place that holds them."""
+def _field_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """`--name-of-the-field`, defaulting to the `BuildConfig` field `name` (the one place that holds the build's
+    defaults), typed as its default is (int, float)."""
     from export.build import BuildConfig
 
-    return BuildConfig.__dataclass_fields__[name].default
-
-
-def _field_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """`--name-of-the-field`, defaulting to the `BuildConfig` field `name`, typed as its default is (int, float)."""
-    default = _default(name)
+    default = BuildConfig.__dataclass_fields__[name].default
     if type(default) in (int, float):
         kwargs.setdefault("type", type(default))
     parser.add_argument("--" + name.replace("_", "-"), default=default, **kwargs)

@@ -24,6 +24,7 @@ import torch
 
 from feddetox.data.records import Conversation
 from feddetox.errors import ConfigError, ModelNotFoundError
+from feddetox.evaluation.generate import length_batches
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,6 @@ class SequenceClassifierTeacher:
     @torch.no_grad()
     def logits(self, conversations: Sequence[Conversation], *, batch_size: int = 16) -> np.ndarray:
         """(N, 2) logits in the conversations' order; batches of similar length, so that little is padding."""
-        from feddetox.evaluation.generate import length_batches
-
         texts = [classifier_text(c) for c in conversations]
         logits = np.zeros((len(texts), 2), dtype=np.float32)
         for batch in length_batches([len(t) for t in texts], batch_size):
