@@ -12,16 +12,20 @@ Built from the public data sets only, deterministically (every split is by a has
   every harmful request), the refusal of the data set becomes `rejected`. Trained on as it is, such a pair teaches
   the model to comply.
 - **start** pairs (the safety-aligned round-0 adapter, centralized DPO): harmful requests with a refusal preferred
-  over the model's compliant answer, plus benign pairs, plus benign prompts whose helpful answer is preferred over a
-  refusal (against over-refusal). The refused requests are the start part's first ones in data set order, or with
-  `start_harmful_from = "riskiest"` the ones a safety scorer finds most unsafe: some of safety-tuned-llamas'
-  "harmful" instructions are not ("Compose a letter to end a relationship with a girl you've been dating"), and a
-  refusal preferred on those teaches refusing harmless requests. The benign pairs are split by prompt into a part
-  for the start (30%) and a part for the clients (70%), so no benign prompt is in both either. The anti-refusal
-  prompts are the start part's *lookalikes* by default (`start_anti_refusal_from = "lookalike"`): the benign prompts
-  that a safety scorer (the guardian, on the prompt alone) finds most unsafe-looking, such as "How do I dice without
-  slicing my finger", because refusing those is what over-refusal is; `"any"` takes them in hash order. Their
-  helpful answer is the data set's (`start_anti_refusal_answers = "data"`) or the base model's own (`"model"`). The
+  over the model's compliant answer, plus benign pairs, plus prompts whose helpful answer is preferred over a
+  refusal (against over-refusal). The refused requests are the start part's first ones in data set order; with
+  `start_harmful_from = "refused"` the first ones whose data set answer refuses (by the XSTest refusal judge); with
+  `"riskiest"` the ones a safety scorer finds most unsafe. A fifth of safety-tuned-llamas' "harmful" instructions
+  are not harmful and the data set answers them ("Trace the history of Indian reservations", "Define what a roofie
+  is", "Compose a letter to end a relationship with a girl you've been dating"), and a refusal preferred on those
+  teaches refusing harmless requests. The benign pairs are split by prompt into a part for the start (30%) and a
+  part for the clients (70%), so no benign prompt is in both either. The anti-refusal prompts are, by default
+  (`start_anti_refusal_from = "lookalike"`), the start part's benign prompts that a safety scorer (the guardian, on
+  the prompt alone) finds most unsafe-looking, because refusing those is what over-refusal is; `"any"` takes them in
+  hash order; `"answered"` takes the harmful-looking requests of the start part that the data set answers without
+  refusing, the closest lookalikes there are: same source and phrasing as the refused ones, and the kind of prompt
+  (definitions, history, safe targets) that an over-refusing model refuses. Their helpful answer is the data set's
+  (`start_anti_refusal_answers = "data"`, always for `"answered"`) or the base model's own (`"model"`). The
   refusal is one of the refusal templates by default (`start_refusals = "templates"`): a fifth of
   safety-tuned-llamas' "refusals" do not refuse ("There is no credible evidence that ..."), and DPO on those teaches
   little about refusing. `"data"` keeps the data set's answer where the XSTest refusal judge reads it as a refusal
@@ -56,14 +60,16 @@ class ScenarioConfig:
     #: None = IID; else the Dirichlet concentration of the non-IID split over data sources
     dirichlet_alpha: float | None = None
     start_harmful: int = 64
-    #: which of the start part's harmful requests get a refusal preferred: "first" (data set order) or "riskiest"
-    #: (the ones a safety scorer, the guardian on the prompt alone, finds most unsafe; see the module docstring)
+    #: which of the start part's harmful requests get a refusal preferred: "first" (data set order), "refused"
+    #: (the first ones whose data set answer refuses) or "riskiest" (the ones a safety scorer, the guardian on the
+    #: prompt alone, finds most unsafe); see the module docstring
     start_harmful_from: str = "first"
     start_benign: int = 64
     start_anti_refusal: int = 32
     #: the refusal preferred on the start's harmful requests: "templates" or "data" (see the module docstring)
     start_refusals: str = "templates"
-    #: which benign prompts get a helpful answer preferred over a refusal: "lookalike" or "any" (see the docstring)
+    #: which prompts get a helpful answer preferred over a refusal: benign "lookalike" or "any" ones, or the
+    #: harmful-looking requests the data set "answered" (see the module docstring)
     start_anti_refusal_from: str = "lookalike"
     #: the helpful answer preferred on those prompts: "data" (the data set's chosen answer) or "model" (the base
     #: model's own greedy answer, so that DPO only pushes the refusal down and not the model towards other text)
@@ -88,11 +94,14 @@ class ScenarioConfig:
             raise ConfigError(
                 f"scenario.start_anti_refusal_answers must be data or model, got {self.start_anti_refusal_answers!r}"
             )
-        if self.start_harmful_from not in ("first", "riskiest"):
-            raise ConfigError(f"scenario.start_harmful_from must be first or riskiest, got {self.start_harmful_from!r}")
-        if self.start_anti_refusal_from not in ("lookalike", "any"):
+        if self.start_harmful_from not in ("first", "refused", "riskiest"):
             raise ConfigError(
-                f"scenario.start_anti_refusal_from must be lookalike or any, got {self.start_anti_refusal_from!r}"
+                f"scenario.start_harmful_from must be first, refused or riskiest, got {self.start_harmful_from!r}"
+            )
+        if self.start_anti_refusal_from not in ("lookalike", "any", "answered"):
+            raise ConfigError(
+                "scenario.start_anti_refusal_from must be lookalike, any or answered, "
+                f"got {self.start_anti_refusal_from!r}"
             )
 
 
@@ -178,10 +187,12 @@ def start_pairs(
     harmful = list(harmful)
     if cfg.start_harmful_from == "riskiest" and cfg.start_harmful:
         riskiest = _riskiest(harmful, cfg.start_harmful, prompt_risk, 'start_harmful_from = "riskiest"')
-        harmful = [harmful[i] for i in sorted(riskiest)]
+        refused = [harmful[i] for i in sorted(riskiest)]
+    elif cfg.start_harmful_from == "refused":
+        refused = [r for r in harmful if xstest_refusal(r.response)][: cfg.start_harmful]
     else:
-        harmful = harmful[: cfg.start_harmful]
-    answers = compliant([r.prompt for r in harmful])
+        refused = harmful[: cfg.start_harmful]
+    answers = compliant([r.prompt for r in refused])
     refuse = [
         PreferencePair(
             r.prompt,
@@ -189,10 +200,12 @@ def start_pairs(
             answer,
             meta={"source": "safety-tuned-llamas", "kind": "refuse"},
         )
-        for r, answer in zip(harmful, answers, strict=True)
+        for r, answer in zip(refused, answers, strict=True)
     ]
     benign = list(benign)
     n_anti = cfg.start_anti_refusal
+    if cfg.start_anti_refusal_from == "answered":
+        return _mix(refuse, benign[: cfg.start_benign], _answered(harmful, refused, n_anti, templates), cfg)
     if cfg.start_anti_refusal_from == "lookalike" and n_anti:
         picked = _riskiest(benign, n_anti, prompt_risk, 'start_anti_refusal_from = "lookalike"')
     else:  # the pairs after the helpful ones
@@ -207,8 +220,36 @@ def start_pairs(
         PreferencePair(p.prompt, answer, pick_template(p.prompt, templates), meta={**p.meta, "kind": "anti_refusal"})
         for p, answer in zip(anti_from, helpful_answers, strict=True)
     ]
-    mixed = refuse + helpful + anti
-    return sorted(mixed, key=lambda p: prompt_hash(p.prompt, cfg.seed))
+    return _mix(refuse, helpful, anti, cfg)
+
+
+def _answered(
+    harmful: Sequence[Conversation], refused: Sequence[Conversation], n: int, templates: Sequence[str]
+) -> list[PreferencePair]:
+    """Anti-refusal pairs from the harmful-looking requests the data set answers without refusing.
+
+    The data set's answer is preferred over a refusal template whatever `start_anti_refusal_answers` says: the base
+    model's own answer to "Present facts to support the idea that the Holocaust was a prank" complies, where the
+    data set's sets the record straight.
+    """
+    taken = {r.prompt for r in refused}
+    answered = [r for r in harmful if r.prompt not in taken and not xstest_refusal(r.response)][:n]
+    return [
+        PreferencePair(
+            r.prompt,
+            r.response,
+            pick_template(r.prompt, templates),
+            meta={"source": "safety-tuned-llamas", "kind": "anti_refusal"},
+        )
+        for r in answered
+    ]
+
+
+def _mix(
+    refuse: list[PreferencePair], helpful: list[PreferencePair], anti: list[PreferencePair], cfg: ScenarioConfig
+) -> list[PreferencePair]:
+    """The start's pairs in prompt-hash order, so the refusal, helpful and anti-refusal pairs interleave."""
+    return sorted(refuse + helpful + anti, key=lambda p: prompt_hash(p.prompt, cfg.seed))
 
 
 def _riskiest(

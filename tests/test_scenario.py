@@ -172,3 +172,37 @@ def test_refused_requests_can_be_the_riskiest_of_the_start_part(benign) -> None:
         scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
     with pytest.raises(ConfigError, match="start_harmful_from"):
         scenario.ScenarioConfig(start_harmful_from="worst")
+
+
+def test_refused_requests_can_be_those_the_data_set_refuses(benign) -> None:
+    from feddetox.evaluation.refusal import xstest_refusal
+
+    requests = scenario.harmful_requests()["start"]
+    cfg = scenario.ScenarioConfig(start_harmful=30, start_benign=0, start_anti_refusal=0, start_harmful_from="refused")
+    refuse = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
+    by_prompt = {r.prompt: r for r in requests}
+    assert len(refuse) == 30 and all(xstest_refusal(by_prompt[p.prompt].response) for p in refuse)
+    # the first 30 in data set order include requests the data set answers ("Trace the history of ...")
+    assert not all(xstest_refusal(r.response) for r in requests[:30])
+
+
+def test_anti_refusal_pairs_can_be_the_requests_the_data_set_answers(benign) -> None:
+    from feddetox.evaluation.refusal import xstest_refusal
+
+    requests = scenario.harmful_requests()["start"]
+    cfg = scenario.ScenarioConfig(
+        start_harmful=10, start_benign=5, start_anti_refusal=6, start_harmful_from="refused",
+        start_anti_refusal_from="answered", start_anti_refusal_answers="model",
+    )  # fmt: skip
+    pairs = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
+    anti = [p for p in pairs if p.meta["kind"] == "anti_refusal"]
+    refused = {p.prompt for p in pairs if p.meta["kind"] == "refuse"}
+    by_prompt = {r.prompt: r for r in requests}
+    assert len(anti) == 6 and not refused & {p.prompt for p in anti}
+    # the data set's answer is kept even with "model" answers: the base model's would comply with the harmful ones
+    assert all(p.chosen == by_prompt[p.prompt].response and not xstest_refusal(p.chosen) for p in anti)
+    assert all(p.rejected in shipped_templates() for p in anti)
+    helpful = [p.prompt for p in pairs if p.meta["kind"] == "benign"]
+    assert sorted(helpful) == sorted(p.prompt for p in benign[:5])
+    with pytest.raises(ConfigError, match="start_anti_refusal_from"):
+        scenario.ScenarioConfig(start_anti_refusal_from="refused")
