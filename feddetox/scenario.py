@@ -182,7 +182,9 @@ def start_pairs(
     `prompt_risk` scores prompts alone (higher = more unsafe-looking); with `start_anti_refusal_from = "lookalike"`
     the `start_anti_refusal` highest-scoring benign prompts get their helpful answer preferred over a refusal
     template, and the helpful pairs are the next benign pairs in order; with `start_harmful_from = "riskiest"` the
-    `start_harmful` highest-scoring harmful requests are the ones refused (kept in data set order).
+    `start_harmful` highest-scoring harmful requests are the ones refused (kept in data set order). With
+    `start_anti_refusal_from = "answered"` the anti-refusal pairs are the requests in `harmful` that the data set
+    answers (and that are not refused), and the helpful pairs the first benign ones.
     """
     harmful = list(harmful)
     if cfg.start_harmful_from == "riskiest" and cfg.start_harmful:
@@ -202,53 +204,31 @@ def start_pairs(
         )
         for r, answer in zip(refused, answers, strict=True)
     ]
-    benign = list(benign)
     n_anti = cfg.start_anti_refusal
     if cfg.start_anti_refusal_from == "answered":
-        return _mix(refuse, benign[: cfg.start_benign], _answered(harmful, refused, n_anti, templates), cfg)
-    if cfg.start_anti_refusal_from == "lookalike" and n_anti:
-        picked = _riskiest(benign, n_anti, prompt_risk, 'start_anti_refusal_from = "lookalike"')
-    else:  # the pairs after the helpful ones
-        picked = list(range(cfg.start_benign, min(cfg.start_benign + n_anti, len(benign))))
-    anti_from, taken = [benign[i] for i in picked], set(picked)
-    helpful = [p for i, p in enumerate(benign) if i not in taken][: cfg.start_benign]
-    helpful_answers = (
-        compliant([p.prompt for p in anti_from]) if cfg.start_anti_refusal_answers == "model" else
-        [p.chosen for p in anti_from]
-    )  # fmt: skip
+        taken = {r.prompt for r in refused}
+        answered = [r for r in harmful if r.prompt not in taken and not xstest_refusal(r.response)][:n_anti]
+        # the data set's answer whatever start_anti_refusal_answers says: the base model's own answer to "Present
+        # facts to support the idea that the Holocaust was a prank" complies, where the data set's sets it straight
+        anti_from = [(r.prompt, r.response, {"source": "safety-tuned-llamas"}) for r in answered]
+        helpful = list(benign[: cfg.start_benign])
+    else:
+        benign = list(benign)
+        if cfg.start_anti_refusal_from == "lookalike" and n_anti:
+            picked = _riskiest(benign, n_anti, prompt_risk, 'start_anti_refusal_from = "lookalike"')
+        else:  # the pairs after the helpful ones
+            picked = list(range(cfg.start_benign, min(cfg.start_benign + n_anti, len(benign))))
+        lookalikes, taken_at = [benign[i] for i in picked], set(picked)
+        helpful = [p for i, p in enumerate(benign) if i not in taken_at][: cfg.start_benign]
+        answers = (
+            compliant([p.prompt for p in lookalikes]) if cfg.start_anti_refusal_answers == "model" else
+            [p.chosen for p in lookalikes]
+        )  # fmt: skip
+        anti_from = [(p.prompt, answer, p.meta) for p, answer in zip(lookalikes, answers, strict=True)]
     anti = [
-        PreferencePair(p.prompt, answer, pick_template(p.prompt, templates), meta={**p.meta, "kind": "anti_refusal"})
-        for p, answer in zip(anti_from, helpful_answers, strict=True)
+        PreferencePair(prompt, answer, pick_template(prompt, templates), meta={**meta, "kind": "anti_refusal"})
+        for prompt, answer, meta in anti_from
     ]
-    return _mix(refuse, helpful, anti, cfg)
-
-
-def _answered(
-    harmful: Sequence[Conversation], refused: Sequence[Conversation], n: int, templates: Sequence[str]
-) -> list[PreferencePair]:
-    """Anti-refusal pairs from the harmful-looking requests the data set answers without refusing.
-
-    The data set's answer is preferred over a refusal template whatever `start_anti_refusal_answers` says: the base
-    model's own answer to "Present facts to support the idea that the Holocaust was a prank" complies, where the
-    data set's sets the record straight.
-    """
-    taken = {r.prompt for r in refused}
-    answered = [r for r in harmful if r.prompt not in taken and not xstest_refusal(r.response)][:n]
-    return [
-        PreferencePair(
-            r.prompt,
-            r.response,
-            pick_template(r.prompt, templates),
-            meta={"source": "safety-tuned-llamas", "kind": "anti_refusal"},
-        )
-        for r in answered
-    ]
-
-
-def _mix(
-    refuse: list[PreferencePair], helpful: list[PreferencePair], anti: list[PreferencePair], cfg: ScenarioConfig
-) -> list[PreferencePair]:
-    """The start's pairs in prompt-hash order, so the refusal, helpful and anti-refusal pairs interleave."""
     return sorted(refuse + helpful + anti, key=lambda p: prompt_hash(p.prompt, cfg.seed))
 
 

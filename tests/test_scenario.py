@@ -9,6 +9,7 @@ import pytest
 from feddetox import scenario
 from feddetox.data import sets
 from feddetox.errors import ConfigError
+from feddetox.evaluation.refusal import xstest_refusal
 from feddetox.refusals import shipped_templates
 
 
@@ -140,8 +141,6 @@ def test_harmful_string_answers_are_deterministic_advbench_strings() -> None:
 
 
 def test_start_refusals_are_templates_or_real_refusals_of_the_data(benign) -> None:
-    from feddetox.evaluation.refusal import xstest_refusal
-
     requests = scenario.harmful_requests()["start"]
     cfg = scenario.ScenarioConfig(start_harmful=40, start_benign=0, start_anti_refusal=0)  # no scorer needed
     refuse = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
@@ -175,8 +174,6 @@ def test_refused_requests_can_be_the_riskiest_of_the_start_part(benign) -> None:
 
 
 def test_refused_requests_can_be_those_the_data_set_refuses(benign) -> None:
-    from feddetox.evaluation.refusal import xstest_refusal
-
     requests = scenario.harmful_requests()["start"]
     cfg = scenario.ScenarioConfig(start_harmful=30, start_benign=0, start_anti_refusal=0, start_harmful_from="refused")
     refuse = scenario.start_pairs(requests, comply, benign, shipped_templates(), cfg)
@@ -187,8 +184,6 @@ def test_refused_requests_can_be_those_the_data_set_refuses(benign) -> None:
 
 
 def test_anti_refusal_pairs_can_be_the_requests_the_data_set_answers(benign) -> None:
-    from feddetox.evaluation.refusal import xstest_refusal
-
     requests = scenario.harmful_requests()["start"]
     cfg = scenario.ScenarioConfig(
         start_harmful=10, start_benign=5, start_anti_refusal=6, start_harmful_from="refused",
