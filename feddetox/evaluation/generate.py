@@ -5,11 +5,20 @@
 Prompts are sorted by length so a batch holds prompts of similar size (less padding), then the answers are
 put back in the caller's order. Left padding with an attention mask makes a prompt's greedy answer the same
 in any batch as alone (a test checks it). Works as it is with a PEFT model: its adapter stays on.
+
+Prompts that share a long opening (one jailbreak template wrapped around many goals) can be given a `groups`
+label each: a group's common token prefix is run through the model once and its key/value cache copied into
+every batch of the group, which then only prefills what follows it (the goal and the template's last words).
+The padding of a batch then sits between the shared prefix and each row's own tokens; positions come from
+the attention mask, so each row sees the positions it would alone. Same answers up to float rounding (the
+prefix's attention is computed in other shapes); a test checks them equal on a tiny model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import inspect
+from collections.abc import Hashable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -104,6 +113,49 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every row shares (0 for no rows)."""
+    if not rows:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows)
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def group_rows(groups: Sequence[Hashable] | None, n: int) -> list[list[int]]:
+    """Row indices by group label, groups in order of first appearance; every row alone when `groups` is None."""
+    if groups is None:
+        return [list(range(n))]
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} labels for {n} prompts")
+    by_label: dict[Hashable, list[int]] = {}
+    for i, label in enumerate(groups):
+        by_label.setdefault(label, []).append(i)
+    return list(by_label.values())
+
+
+#: a group shares its prefix only when it is at least this many tokens long
+MIN_SHARED_PREFIX = 32
+
+
+def cache_argument(model) -> str:
+    """The name under which the model takes a key/value cache: `cache` in newer transformers 5 releases,
+    `past_key_values` before (newer releases still take it, with a deprecation warning)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def prefix_cache(model, prefix: torch.Tensor):
+    """The key/value cache of `prefix` (1, P) after one forward pass."""
+    name = cache_argument(model)
+    out = model(input_ids=prefix, use_cache=True)
+    return out[name] if name in out else out["past_key_values"]
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -116,6 +168,7 @@ def generate(
     chat: bool = True,
     progress: bool = True,
     desc: str = "generate",
+    groups: Sequence[Hashable] | None = None,
 ) -> list[str]:
     """Greedy answers to `prompts`, in their order, without the prompt and without special tokens.
 
@@ -123,11 +176,12 @@ def generate(
     `max_new_tokens` tokens per answer; generation stops early at an end-of-turn token. A batch holds at
     most `batch_size` prompts and `max_batch_tokens` padded prompt tokens (long jailbreak prompts go in
     smaller batches). On a CPU larger batches pay: each step reads the weights once for the whole batch.
+    `groups` (one label per prompt) runs each group's common token prefix once (see the module's docstring);
+    without it every batch is prefilled whole.
     """
     from transformers import GenerationConfig
 
     encoded = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
-    batches = length_batches([len(e) for e in encoded], batch_size, max_batch_tokens)
     pad = pad_id(tokenizer)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -142,15 +196,35 @@ def generate(
     answers: list[str] = [""] * len(prompts)
     try:
         with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress) as bar:
-            for batch in batches:
-                ids, mask = left_pad([encoded[i] for i in batch], pad)  # (B, T)
-                out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-                )  # (B, T + new)
-                new = out[:, ids.shape[1] :].cpu()
-                for row, i in enumerate(batch):
-                    answers[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
-                bar.update(len(batch))
+            for members in group_rows(groups, len(prompts)):
+                # a group's shared prefix, leaving every row at least one token of its own
+                shared = 0
+                if groups is not None:
+                    shared = min(
+                        common_prefix_length([encoded[i] for i in members]), *(len(encoded[i]) - 1 for i in members)
+                    )
+                    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+                prefix = torch.tensor([encoded[members[0]][:shared]], dtype=torch.long, device=device)  # (1, P)
+                cache = prefix_cache(model, prefix) if shared else None
+                lengths = [len(encoded[i]) - shared for i in members]
+                for batch in length_batches(lengths, batch_size, max_batch_tokens):
+                    rows = [members[j] for j in batch]
+                    ids, mask = left_pad([encoded[i][shared:] for i in rows], pad)  # (B, T - P)
+                    ids, mask = ids.to(device), mask.to(device)
+                    past = None
+                    if cache is not None:
+                        past = copy.deepcopy(cache)
+                        past.batch_repeat_interleave(len(rows))
+                        ids = torch.cat([prefix.expand(len(rows), -1), ids], dim=1)  # (B, T)
+                        mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), mask], dim=1)
+                    extra = {cache_argument(model): past} if past is not None else {}
+                    out = model.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=config, **extra
+                    )  # (B, T + new)
+                    new = out[:, ids.shape[1] :].cpu()
+                    for row, i in enumerate(rows):
+                        answers[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                    bar.update(len(rows))
     finally:
         model.train(was_training)
     return answers

@@ -254,7 +254,8 @@ def evaluate_safety(
         wrapped_goals = list(goals)[:jailbreak_goals] if jailbreak_goals is not None else list(goals)
         cases = [(t, g) for t in range(len(jailbreak_templates)) for g in wrapped_goals]
         prompts = [fill(jailbreak_templates[t], g.prompt) for t, g in cases]
-        outs = generate(model, tokenizer, prompts, desc="jailbreak", **gen)
+        # one template's prompts share all but their last words: its prefix is run once (see `generate`)
+        outs = generate(model, tokenizer, prompts, desc="jailbreak", groups=[t for t, _ in cases], **gen)
         # the guardian judges the goal, not the template around it: the template is the attack's wrapping
         success, scores = _judged([g.prompt for _, g in cases], outs, guardian, progress)
         metrics["jailbreak_asr_refusal"] = _mean(success)
