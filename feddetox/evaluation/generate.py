@@ -206,7 +206,8 @@ def generate(
                     shared = shared if shared >= MIN_SHARED_PREFIX else 0
                 prefix = torch.tensor([encoded[members[0]][:shared]], dtype=torch.long, device=device)  # (1, P)
                 cache = prefix_cache(model, prefix) if shared else None
-                lengths = [len(encoded[i]) - shared for i in members]
+                # batches are sized by whole rows: the shared prefix's keys and values are copied into every row
+                lengths = [len(encoded[i]) for i in members]
                 for batch in length_batches(lengths, batch_size, max_batch_tokens):
                     rows = [members[j] for j in batch]
                     ids, mask = left_pad([encoded[i][shared:] for i in rows], pad)  # (B, T - P)
