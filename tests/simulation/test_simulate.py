@@ -115,6 +115,17 @@ def test_config_errors_name_the_field() -> None:
         from_dict({"guardian_fpr": 0})
 
 
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_shipped_configs_load_and_pick_the_round_0_mix_by_the_data_sets_own_answers(name: str) -> None:
+    from feddetox_cli.simulation.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / f"{name}.toml")
+    assert cfg.name == name and "replace" in cfg.conditions and "none" in cfg.conditions
+    assert cfg.scenario.start_harmful_from == "refused" and cfg.scenario.start_anti_refusal_from == "answered"
+    assert 0 < cfg.scenario.start_anti_refusal < cfg.scenario.start_harmful
+
+
 def test_eval_rounds_last_evaluates_the_final_round_only() -> None:
     assert from_dict({"rounds": 3}).evaluated_rounds() == [1, 2, 3]
     assert from_dict({"rounds": 3, "eval_rounds": "last"}).evaluated_rounds() == [3]
