@@ -55,14 +55,19 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    from feddetox.errors import FedDetoxError
     from feddetox_cli.simulation.config import load_config
     from feddetox_cli.simulation.report import markdown_table, plot_rounds
     from feddetox_cli.simulation.runner import Simulation
 
     before = load_average()
     overrides = {"conditions": [c.strip() for c in args.conditions.split(",") if c.strip()]} if args.conditions else {}
-    cfg = load_config(args.config, overrides)
-    result = Simulation(cfg, args.out).run()
+    try:
+        cfg = load_config(args.config, overrides)
+        result = Simulation(cfg, args.out).run()
+    except FedDetoxError as exc:
+        print(f"paper_table: {exc}", file=sys.stderr)
+        return 2
     table = markdown_table(result)
     results_dir = ROOT / "bench" / "results"
     plot = plot_rounds(result, results_dir / "paper_table.png")

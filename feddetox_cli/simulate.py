@@ -17,7 +17,11 @@ from feddetox.errors import FedDetoxError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feddetox simulate", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="simulation TOML (see configs/)")
-    parser.add_argument("--out", type=Path, help="output folder (default: artifacts/<name>); finished steps resume")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: artifacts/<name>); finished steps resume when the config is the same",
+    )
     parser.add_argument("--conditions", help="comma-separated subset: benign,none,drop,replace,centralized")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--guardian", help="a guardian bundle folder, or build:PRESET")

@@ -55,6 +55,7 @@ class Simulation:
     def __init__(self, cfg: SimulationConfig, out: Path, *, on_coordinator: Callable[[str], None] | None = None):
         self.cfg, self.out = cfg, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
+        claim_out_folder(self.out, cfg)
         self.on_coordinator = on_coordinator or (lambda url: _log(f"dashboard: {url}/"))
         self.results: dict[str, list[dict[str, Any]]] = {}
 
@@ -444,6 +445,47 @@ def replace_seed(cfg: Any, seed: int) -> Any:
 
 def _config_json(cfg: SimulationConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+#: the output folder's record of what its results depend on
+RUN_CONFIG = "run_config.json"
+
+#: fields that change no result: which conditions this invocation runs (a run may do some now, the rest later),
+#: the run's name and how long the coordinator waits for a round
+NOT_IN_RESULTS = ("conditions", "name", "round_deadline_s")
+
+
+def config_differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths where two JSON-like configs differ (a table's fields one by one)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += config_differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if old == new else [path or "(config)"]
+
+
+def claim_out_folder(out: Path, cfg: SimulationConfig) -> None:
+    """Resume only a run of the same config: finished steps in `out` are reused by their file names alone, so a
+    folder left by another config (more rounds, another mix) would mix its results into this run's table.
+
+    The first run writes `run_config.json`; a later one with other settings is refused, naming the fields."""
+    mine = {k: v for k, v in _config_json(cfg).items() if k not in NOT_IN_RESULTS}
+    record = out / RUN_CONFIG
+    if not record.exists():
+        _json_dump(record, mine)
+        return
+    try:
+        theirs = json.loads(record.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{record}: not valid JSON ({exc}); remove the folder {out} or pass another --out") from exc
+    changed = config_differences(theirs, mine)
+    if changed:
+        raise ConfigError(
+            f"output folder {out} holds a run of another config (differs in {', '.join(changed[:8])}"
+            f"{', ...' if len(changed) > 8 else ''}); its finished steps would be reused as if they were this "
+            "config's: pass another --out or remove the folder"
+        )
 
 
 def _model_id(name_or_path: str) -> str:

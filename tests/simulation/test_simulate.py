@@ -202,3 +202,21 @@ def test_start_adapter_is_cached_by_what_makes_it(
     other.prepare()
     other.start_adapter()
     assert len(list((tmp_path / "home" / "start_adapters").iterdir())) == 2
+
+
+def test_an_output_folder_resumes_only_a_run_of_the_same_config(tmp_path: Path) -> None:
+    from feddetox.errors import ConfigError
+    from feddetox_cli.simulation.runner import RUN_CONFIG, Simulation, config_differences
+
+    raw = {"rounds": 2, "conditions": ["none", "replace"], "scenario": {"start_anti_refusal": 8}}
+    Simulation(from_dict(raw), tmp_path)
+    assert (tmp_path / RUN_CONFIG).exists()
+    # the same config again, or another subset of its conditions (a run done in parts), resumes
+    Simulation(from_dict(raw), tmp_path)
+    Simulation(from_dict({**raw, "conditions": ["drop"], "name": "later"}), tmp_path)
+    with pytest.raises(ConfigError, match=r"another config \(differs in rounds, scenario.start_anti_refusal\)"):
+        Simulation(from_dict({**raw, "rounds": 3, "scenario": {"start_anti_refusal": 9}}), tmp_path)
+    (tmp_path / RUN_CONFIG).write_text("{not json")
+    with pytest.raises(ConfigError, match=f"{RUN_CONFIG}: not valid JSON"):
+        Simulation(from_dict(raw), tmp_path)
+    assert config_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3, "d": 4}}) == ["b.c", "b.d"]
