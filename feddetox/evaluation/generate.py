@@ -127,7 +127,8 @@ def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 
 def group_rows(groups: Sequence[Hashable] | None, n: int) -> list[list[int]]:
-    """Row indices by group label, groups in order of first appearance; every row alone when `groups` is None."""
+    """Row indices by group label, groups in order of first appearance; one group of every row when `groups`
+    is None."""
     if groups is None:
         return [list(range(n))]
     if len(groups) != n:
@@ -142,18 +143,35 @@ def group_rows(groups: Sequence[Hashable] | None, n: int) -> list[list[int]]:
 MIN_SHARED_PREFIX = 32
 
 
-def cache_argument(model) -> str:
-    """The name under which the model takes a key/value cache: `cache` in newer transformers 5 releases,
-    `past_key_values` before (newer releases still take it, with a deprecation warning)."""
+def _shared_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """The tokens a group prefills once: its common prefix, leaving every row one token of its own; 0 when
+    that is shorter than MIN_SHARED_PREFIX."""
+    shared = min(common_prefix_length(rows), *(len(r) - 1 for r in rows))
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def forward_accepts(model, name: str) -> bool:
+    """Whether the model's forward (a PEFT model's base model's) takes the keyword `name`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return name in inspect.signature(base.forward).parameters
 
 
-def prefix_cache(model, prefix: torch.Tensor):
-    """The key/value cache of `prefix` (1, P) after one forward pass."""
-    name = cache_argument(model)
-    out = model(input_ids=prefix, use_cache=True)
-    return out[name] if name in out else out["past_key_values"]
+def cache_argument(model) -> str:
+    """The name under which the model takes and returns a key/value cache: `cache` in newer transformers 5
+    releases, `past_key_values` before (newer releases still take it, with a deprecation warning)."""
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"
+
+
+def with_prefix(
+    prefix: torch.Tensor, cache, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """A batch's (input_ids, attention_mask, cache) with the shared `prefix` (1, P) in front of its left-padded
+    tails (B, T - P): the prefix's cache is copied once per row."""
+    rows = ids.shape[0]
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(rows)
+    ones = torch.ones_like(prefix).expand(rows, -1)
+    return torch.cat([prefix.expand(rows, -1), ids], dim=1), torch.cat([ones, mask], dim=1), past
 
 
 @torch.inference_mode()
@@ -191,34 +209,23 @@ def generate(
         eos_token_id=stop_ids(model, tokenizer) or None,
     )
     device = model_device(model)
+    cache_name = cache_argument(model) if groups is not None else None
     was_training = model.training
     model.eval()
     answers: list[str] = [""] * len(prompts)
     try:
         with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress) as bar:
             for members in group_rows(groups, len(prompts)):
-                # a group's shared prefix, leaving every row at least one token of its own
-                shared = 0
-                if groups is not None:
-                    shared = min(
-                        common_prefix_length([encoded[i] for i in members]), *(len(encoded[i]) - 1 for i in members)
-                    )
-                    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+                shared = _shared_prefix([encoded[i] for i in members]) if groups is not None else 0
                 prefix = torch.tensor([encoded[members[0]][:shared]], dtype=torch.long, device=device)  # (1, P)
-                cache = prefix_cache(model, prefix) if shared else None
+                cache = model(input_ids=prefix, use_cache=True)[cache_name] if shared else None
                 # batches are sized by whole rows: the shared prefix's keys and values are copied into every row
-                lengths = [len(encoded[i]) for i in members]
-                for batch in length_batches(lengths, batch_size, max_batch_tokens):
+                for batch in length_batches([len(encoded[i]) for i in members], batch_size, max_batch_tokens):
                     rows = [members[j] for j in batch]
                     ids, mask = left_pad([encoded[i][shared:] for i in rows], pad)  # (B, T - P)
-                    ids, mask = ids.to(device), mask.to(device)
-                    past = None
+                    ids, mask, extra = ids.to(device), mask.to(device), {}
                     if cache is not None:
-                        past = copy.deepcopy(cache)
-                        past.batch_repeat_interleave(len(rows))
-                        ids = torch.cat([prefix.expand(len(rows), -1), ids], dim=1)  # (B, T)
-                        mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), mask], dim=1)
-                    extra = {cache_argument(model): past} if past is not None else {}
+                        ids, mask, extra[cache_name] = with_prefix(prefix, cache, ids, mask)  # (B, T)
                     out = model.generate(
                         input_ids=ids, attention_mask=mask, generation_config=config, **extra
                     )  # (B, T + new)

@@ -20,14 +20,19 @@ that predict a choice token. Segments share rows where they fit.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from feddetox.evaluation.generate import DEFAULT_MAX_BATCH_TOKENS, length_batches, model_device, pad_id
+from feddetox.evaluation.generate import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    forward_accepts,
+    length_batches,
+    model_device,
+    pad_id,
+)
 from feddetox.packing import first_fit_rows, segment_mask
 
 
@@ -42,11 +47,6 @@ def encode_pair(
     if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
         return ctx, whole[len(ctx) :]
     return ctx, list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 @torch.inference_mode()
@@ -74,7 +74,7 @@ def score_token_rows(
         if max_length is not None and len(seq) > max_length:
             seq = seq[len(seq) - max(max_length, len(cont) + 1) :]
         seqs.append(seq)
-    keep_param = _accepts_logits_to_keep(model)
+    keep_param = forward_accepts(model, "logits_to_keep")
     device = model_device(model)
     was_training = model.training
     model.eval()
