@@ -217,8 +217,10 @@ def generate(
         with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress) as bar:
             for members in group_rows(groups, len(prompts)):
                 shared = _shared_prefix([encoded[i] for i in members]) if groups is not None else 0
-                prefix = torch.tensor([encoded[members[0]][:shared]], dtype=torch.long, device=device)  # (1, P)
-                cache = model(input_ids=prefix, use_cache=True)[cache_name] if shared else None
+                prefix = cache = None
+                if shared:
+                    prefix = torch.tensor([encoded[members[0]][:shared]], dtype=torch.long, device=device)  # (1, P)
+                    cache = model(input_ids=prefix, use_cache=True)[cache_name]
                 # batches are sized by whole rows: the shared prefix's keys and values are copied into every row
                 for batch in length_batches([len(encoded[i]) for i in members], batch_size, max_batch_tokens):
                     rows = [members[j] for j in batch]
