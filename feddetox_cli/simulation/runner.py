@@ -75,6 +75,7 @@ class Simulation:
         self.base_sha = weights_sha256(self.base_path)
         self.guardian_dir = _ensure_guardian(cfg.guardian, self.out)
         self.guardian = load_guardian(self.guardian_dir)
+        claim_guardian(self.out, self.guardian.bundle_id)
         _log(f"guardian {self.guardian.bundle_id} (threshold {self.guardian.threshold:.3f})")
         self.eval_cfg = EvalConfig.preset(cfg.eval_preset, **cfg.eval_overrides)
         self.eval_sets = select_eval_sets(self.eval_cfg)
@@ -486,6 +487,34 @@ def claim_out_folder(out: Path, cfg: SimulationConfig) -> None:
             f"{', ...' if len(changed) > 8 else ''}); its finished steps would be reused as if they were this "
             "config's: pass another --out or remove the folder"
         )
+
+
+GUARDIAN_RECORD = "guardian.json"
+
+
+def claim_guardian(out: Path, bundle_id: str) -> None:
+    """Resume only a run with the same guardian bundle. "build:full" names a preset, not a bundle: a rebuilt
+    preset (other build settings, other data) keeps the config as it was while the devices' sanitization and
+    every evaluation's guardian-judged ASR change, so the config check alone would reuse the old bundle's steps.
+
+    The bundle id is recorded in `guardian.json`; a folder from before the record is judged by its results.json."""
+    record = out / GUARDIAN_RECORD
+    theirs = None
+    readers = ((record, lambda d: d["bundle_id"]), (out / "results.json", lambda d: d["guardian"]["bundle_id"]))
+    for path, read in readers:
+        if path.exists():
+            try:
+                theirs = read(json.loads(path.read_text()))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{path}: no guardian bundle id in it ({exc}); pass another --out") from exc
+            break
+    if theirs is not None and theirs != bundle_id:
+        raise ConfigError(
+            f"output folder {out} holds a run with guardian bundle {theirs}, this config's guardian is {bundle_id}; "
+            "its finished steps would be reused as if they were this guardian's: pass another --out or remove the "
+            "folder"
+        )
+    _json_dump(record, {"bundle_id": bundle_id})
 
 
 def _model_id(name_or_path: str) -> str:

@@ -220,3 +220,26 @@ def test_an_output_folder_resumes_only_a_run_of_the_same_config(tmp_path: Path) 
     with pytest.raises(ConfigError, match=f"{RUN_CONFIG}: not valid JSON"):
         Simulation(from_dict(raw), tmp_path)
     assert config_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3, "d": 4}}) == ["b.c", "b.d"]
+
+
+def test_an_output_folder_resumes_only_a_run_with_the_same_guardian_bundle(tmp_path: Path) -> None:
+    """The config names a preset ("build:full"); a rebuilt preset is another bundle under the same name."""
+    from feddetox.errors import ConfigError
+    from feddetox_cli.simulation.runner import GUARDIAN_RECORD, claim_guardian
+
+    (tmp_path / "a").mkdir()
+    claim_guardian(tmp_path / "a", "aaaa")
+    claim_guardian(tmp_path / "a", "aaaa")  # the same bundle resumes
+    with pytest.raises(ConfigError, match="guardian bundle aaaa, this config's guardian is bbbb"):
+        claim_guardian(tmp_path / "a", "bbbb")
+    old = tmp_path / "old"  # a folder from before the record: its results name the bundle
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps({"guardian": {"bundle_id": "cccc"}}))
+    with pytest.raises(ConfigError, match="guardian bundle cccc"):
+        claim_guardian(old, "dddd")
+    assert not (old / GUARDIAN_RECORD).exists()
+    claim_guardian(old, "cccc")
+    assert json.loads((old / GUARDIAN_RECORD).read_text()) == {"bundle_id": "cccc"}
+    (old / GUARDIAN_RECORD).write_text("{}")
+    with pytest.raises(ConfigError, match="no guardian bundle id"):
+        claim_guardian(old, "cccc")
