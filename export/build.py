@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from feddetox.data.records import Conversation
 from feddetox.errors import ConfigError
 from feddetox.guardian.manifest import write_manifest
 from feddetox.guardian.runtime import load_guardian
-from feddetox.guardian.text import MAX_LENGTH, load_tokenizer
+from feddetox.guardian.text import MAX_LENGTH, encode, load_tokenizer
 
 STUDENT = "minilm-l6"
 
@@ -62,6 +62,8 @@ class BuildConfig:
     hard_student_steps: int = 450
     student_batch: int = 32
     student_lr: float = 8e-5
+    #: feed-forward units kept per student layer (`export.prune`, before training); 0 keeps all (MiniLM: 1536)
+    student_ffn: int = 0
     temperature: float = 2.0
     #: the weight of the teacher's soft labels against the gold label (1.0: the teacher alone, as for the
     #: unlabelled transfer rows); the gold labels still set the threshold and the hard-label ablation
@@ -167,14 +169,42 @@ class _GoldLabels:
         return np.array([float(c.label) for c in conversations], dtype=np.float32)
 
 
-def _student(saved: Path, name: str, seed: int):
-    """The saved student when a previous run left one, else a fresh one with a seeded head."""
+#: conversations of the training split whose activations rank the feed-forward units for pruning
+PRUNE_SAMPLE = 512
+
+
+def _student(saved: Path, name: str, seed: int, *, ffn: int = 0, sample: Sequence[Conversation] = ()):
+    """The saved student when a previous run left one, else a fresh one with a seeded head, its feed-forward
+    layers pruned to `ffn` units (ranked on `sample`) when `ffn` is not 0."""
+    from export.prune import ffn_importance, prune_ffn
     from feddetox.models.loading import load_encoder
 
     torch.manual_seed(seed)
     if (saved / "config.json").is_file():
         return load_encoder(saved, num_labels=2)[0]
-    return load_encoder(name, num_labels=2)[0]
+    model = load_encoder(name, num_labels=2)[0]
+    if ffn and ffn != model.config.intermediate_size:
+        if not 0 < ffn < model.config.intermediate_size:
+            raise ConfigError(
+                f"guardian build config student_ffn: expected 1..{model.config.intermediate_size - 1} or 0 (all), "
+                f"got {ffn}"
+            )
+        tokenizer = load_tokenizer(minilm_tokenizer_json(), max_length=MAX_LENGTH)
+        batches = [dict(zip(("input_ids", "attention_mask", "token_type_ids"),
+                            (torch.from_numpy(a) for a in encode(tokenizer, sample[s : s + 32]).arrays()), strict=True))
+                   for s in range(0, len(sample), 32)]  # fmt: skip
+        prune_ffn(model, ffn, ffn_importance(model, batches))
+    return model
+
+
+def _prune_sample(train: Sequence[Conversation], seed: int) -> list[Conversation]:
+    order = np.random.default_rng(seed).permutation(len(train))[:PRUNE_SAMPLE]
+    return [train[int(i)] for i in order]
+
+
+def _student_id(resolved: str, ffn: int) -> str:
+    """ "minilm-l6:<folder>", with ":ffn<N>" when its feed-forward layers were pruned."""
+    return f"{STUDENT}:{resolved.rsplit('/', 1)[-1]}" + (f":ffn{ffn}" if ffn else "")
 
 
 def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) -> Path:
@@ -238,7 +268,8 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
         bf16=bool(cfg.bf16),
         progress=progress,
     )
-    student = _student(work / "student-kd", STUDENT, cfg.seed)
+    prune = dict(ffn=cfg.student_ffn, sample=_prune_sample(train, cfg.seed))
+    student = _student(work / "student-kd", STUDENT, cfg.seed, **prune)
     if not (work / "student-kd" / "config.json").is_file():
         _timed(
             progress, "[4/7] distil the student", train_student, student, tokenizer, [*train, *transfer],
@@ -253,7 +284,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     scores[kd_name] = student_scores(student, tokenizer, pool)
     val_scores[kd_name] = student_scores(student, tokenizer, val)
     if cfg.hard_label_ablation:
-        hard = _student(work / "student-hard", STUDENT, cfg.seed)
+        hard = _student(work / "student-hard", STUDENT, cfg.seed, **prune)
         if not (work / "student-hard" / "config.json").is_file():
             hard_kw = {**kw, "steps": cfg.hard_student_steps}
             _timed(progress, "[4/7] hard-label student", train_student, hard, tokenizer, train, None, **hard_kw)
@@ -270,7 +301,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     manifest = _timed(
         progress, f"[6/7] export the bundle (.pte {cfg.embedding} embedding + int8 linears, .onnx int8)",
         write_bundle, out_dir, student, minilm_tokenizer_json(), threshold=threshold, teacher_id=teacher_id,
-        student_id=f"{STUDENT}:{resolve(STUDENT).rsplit('/', 1)[-1]}", onnx=cfg.onnx, embedding=cfg.embedding,
+        student_id=_student_id(resolve(STUDENT), cfg.student_ffn), onnx=cfg.onnx, embedding=cfg.embedding,
     )  # fmt: skip
     pte_info = manifest.metrics.get("pte", {})
     progress(
@@ -284,7 +315,6 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
     if cfg.onnx:
         from export.onnx_export import OnnxStudent
         from feddetox.guardian.runtime import softmax_unsafe
-        from feddetox.guardian.text import encode
 
         onnx = OnnxStudent(out_dir / "student.onnx", num_threads=cfg.threads)
         logits = np.concatenate([onnx.logits(encode(tokenizer, pool[s : s + 64])) for s in range(0, len(pool), 64)])
