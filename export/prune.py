@@ -9,6 +9,11 @@ Dropping a feed-forward unit removes a row of the first linear and a column of t
 the same function minus that unit's contribution. A unit's importance is the mean magnitude of its activation
 over real inputs times the norm of its output column (what it adds to the residual stream), so units that are
 rarely active or write little go first. The pruned student is then trained (distilled) as the full one is.
+
+Measured on MiniLM-L6 (1 x 128 tokens, one thread, int8 .pte, the four programs timed in turns on a loaded CPU):
+1536 units 10.95 ms p50, 1152 9.80, 1024 9.36, 768 8.61. Distilled at 1024 units from the data-version-3 teacher's
+scores (1,200 steps, as the full student): decisions agree with the teacher on 0.928 of the test pool, against
+0.942 for the unpruned student; XSTest safe FPR 0.033.
 """
 
 from __future__ import annotations
