@@ -223,6 +223,16 @@ def smolguard_key(train: Sequence[Conversation], settings: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+def scores_digest(teacher_id: str, sets: dict[str, Sequence[Conversation]]) -> str:
+    """A content key for a teacher's scores of named conversation sets: the teacher and every text scored."""
+    digest = hashlib.sha256(teacher_id.encode())
+    for name, items in sets.items():
+        digest.update(f"\x02{name}\x02".encode())
+        for c in items:
+            digest.update(f"{c.prompt}\x00{c.response}\x01".encode())
+    return digest.hexdigest()[:16]
+
+
 def train_smolguard(
     train: Sequence[Conversation],
     out_dir: Path,
@@ -313,6 +323,8 @@ class SmolGuardTeacher(SequenceClassifierTeacher):
         super().__init__(path, unsafe_index=1, max_length=max_length, bf16=bf16)
         self.tokenizer.truncation_side = "left"  # as in training: keep the response, cut the prompt's start
         self.teacher_id = f"{SMOLGUARD_VERSION}:{key}" if key else f"{SMOLGUARD_VERSION}:{Path(path).name}"
+        #: where scores are kept with the weights (`export.build`); only a content-keyed teacher has one
+        self.scores_dir = Path(path) / "scores" if key else None
 
     @classmethod
     def load_or_train(cls, train: Sequence[Conversation], *, progress=None, **settings) -> SmolGuardTeacher:
