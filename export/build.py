@@ -211,25 +211,36 @@ def teacher_scores(
     teacher, sets: dict[str, Sequence[Conversation]], progress: Callable[[str], None] = print
 ) -> dict[str, np.ndarray]:
     """Each set's p_unsafe from `teacher`. A teacher whose id names its content (the SmolGuard teacher) keeps
-    them next to its weights, keyed by the texts scored: a build that changes only the students' settings
-    (another bundle, another work folder) reuses them instead of scoring ~24,000 conversations again (40 min
-    on two cores)."""
-    from export.teachers import scores_digest
+    every score next to its weights, keyed by the conversation's text: a build that changes only the students'
+    settings (another bundle, another work folder) scores nothing again, and one whose corpus gained sources
+    scores only what is new (all of it: ~24,000 conversations, 40 min on two cores)."""
+    from export.teachers import conversation_key
 
     cache = getattr(teacher, "scores_dir", None)
-    path = Path(cache) / f"{scores_digest(teacher.teacher_id, sets)}.npz" if cache is not None else None
+    path = Path(cache) / "scores.npz" if cache is not None else None
+    known: dict[str, float] = {}
     if path is not None and path.is_file():
-        progress(f"[3/7] teacher scores: reused from {path}")
         with np.load(path) as saved:
-            return {name: saved[name] for name in sets}
-    out = {
-        name: _timed(progress, f"[3/7] teacher scores {name} ({len(items)})", teacher.score, items)
-        for name, items in sets.items()
-    }
+            known = dict(zip(saved["keys"].tolist(), saved["p"].tolist(), strict=True))
+    out = {}
+    for name, items in sets.items():
+        keys = [conversation_key(c) for c in items]
+        missing, asked = [], set()  # the first of each conversation not scored yet
+        for i, k in enumerate(keys):
+            if k not in known and k not in asked:
+                asked.add(k)
+                missing.append(i)
+        if missing:
+            what = f"[3/7] teacher scores {name} ({len(missing)} of {len(items)})"
+            p = _timed(progress, what, teacher.score, [items[i] for i in missing])
+            known.update((keys[i], float(v)) for i, v in zip(missing, p, strict=True))
+        else:
+            progress(f"[3/7] teacher scores {name} ({len(items)}): all kept from earlier builds")
+        out[name] = np.array([known[k] for k in keys], dtype=np.float32)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **out)
+        tmp = path.with_name("scores.tmp.npz")
+        np.savez(tmp, keys=np.array(list(known), dtype="U32"), p=np.array(list(known.values()), dtype=np.float32))
         tmp.replace(path)
     return out
 

@@ -223,14 +223,9 @@ def smolguard_key(train: Sequence[Conversation], settings: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def scores_digest(teacher_id: str, sets: dict[str, Sequence[Conversation]]) -> str:
-    """A content key for a teacher's scores of named conversation sets: the teacher and every text scored."""
-    digest = hashlib.sha256(teacher_id.encode())
-    for name, items in sets.items():
-        digest.update(f"\x02{name}\x02".encode())
-        for c in items:
-            digest.update(f"{c.prompt}\x00{c.response}\x01".encode())
-    return digest.hexdigest()[:16]
+def conversation_key(c: Conversation) -> str:
+    """The key of a conversation's text (prompt and response), under which a teacher's score of it is kept."""
+    return hashlib.sha256(f"{c.prompt}\x00{c.response}".encode()).hexdigest()[:32]
 
 
 def train_smolguard(
