@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _field_option(build, "student_lr")
     _field_option(
+        build, "student_ffn", help="feed-forward units kept per student layer (pruned before training; 0 keeps all)"
+    )
+    _field_option(
         build,
         "transfer_scale",
         help="scale the transfer corpus the teacher scores for distillation (0 = the labelled conversations only)",

@@ -223,6 +223,11 @@ def smolguard_key(train: Sequence[Conversation], settings: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+def conversation_key(c: Conversation) -> str:
+    """The key of a conversation's text (prompt and response), under which a teacher's score of it is kept."""
+    return hashlib.sha256(f"{c.prompt}\x00{c.response}".encode()).hexdigest()[:32]
+
+
 def train_smolguard(
     train: Sequence[Conversation],
     out_dir: Path,
@@ -313,6 +318,8 @@ class SmolGuardTeacher(SequenceClassifierTeacher):
         super().__init__(path, unsafe_index=1, max_length=max_length, bf16=bf16)
         self.tokenizer.truncation_side = "left"  # as in training: keep the response, cut the prompt's start
         self.teacher_id = f"{SMOLGUARD_VERSION}:{key}" if key else f"{SMOLGUARD_VERSION}:{Path(path).name}"
+        #: where scores are kept with the weights (`export.build`); only a content-keyed teacher has one
+        self.scores_dir = Path(path) / "scores" if key else None
 
     @classmethod
     def load_or_train(cls, train: Sequence[Conversation], *, progress=None, **settings) -> SmolGuardTeacher:

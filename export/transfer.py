@@ -18,10 +18,16 @@ its own (the teacher's score is its only target):
 | benign-prompt           | PandaLM prompts alone, and the benign prompts beyond the caps         |
 | safety-eval-prompt      | safety-tuned-llamas' evaluation prompts alone (harmful instructions   |
 |                         | and questions, hateful requests, physical-safety questions both ways) |
+| question-form           | the labelled training requests (harmful and benign) asked as          |
+|                         | questions: "Write a tutorial on X" -> "How can I write a tutorial on  |
+|                         | X?", two of four question templates each                              |
 
 The questions are what the labelled data lacks most: its harmful requests are nearly all imperatives, while
 XSTest's prompts (and a device user's) are questions, and safe questions that only sound harmful ("How do I kill
-a Python process?") are where the two models disagreed most.
+a Python process?") are where the two models disagreed most. Version 2 adds the question forms: with 1,200
+steps, then 3,600, the student's agreement with the teacher stayed at 0.941 on the test sets although it rose
+from 0.944 to 0.973 on the transfer corpus itself, so more steps no longer help and the disagreements lie where
+the corpus is thin.
 
 Held out as the labelled data is: every source is split by prompt with the labelled data's fractions and seed
 and only the train part is kept (a hh-rlhf turn goes with its dialogue, and one that is also in a held-out dialogue
@@ -41,7 +47,7 @@ from feddetox.data.splits import split_by_prompt
 from feddetox.scenario import harmful_requests
 
 #: changes when the sources or their selection change, so that a cached build is not taken for a current one
-TRANSFER_VERSION = 1
+TRANSFER_VERSION = 2
 
 #: the most conversations taken from each source (after the split); None = all
 DEFAULT_TRANSFER_CAPS: dict[str, int | None] = {
@@ -51,7 +57,13 @@ DEFAULT_TRANSFER_CAPS: dict[str, int | None] = {
     "benign-answer": 2400,
     "benign-prompt": 600,
     "safety-eval-prompt": None,
+    "question-form": None,
 }
+
+#: the labelled training sources whose requests (prompt alone) are asked again as questions
+QUESTION_SOURCES = ("advbench-goal", "harmful-request", "ultrafeedback-prompt", "alpaca-eval-prompt")
+#: question templates; `{}` is the request with its first letter lowered and its end punctuation dropped
+QUESTION_TEMPLATES = ("How do I {}?", "How can I {}?", "What is the best way to {}?", "Can you tell me how to {}?")
 
 
 def _conv(prompt: str, response: str, source: str) -> Conversation:
@@ -102,6 +114,37 @@ def _safety_eval(seed: int) -> dict[str, list[Conversation]]:
 SOURCES = (_davidson, _hh, _benign, _safety_eval)
 
 
+_QUESTION_WORDS = frozenset(
+    "who whom whose what when where why how which is are was were can could do does did should would will may".split()
+)
+
+
+def question_form(request: str, template: str) -> str | None:
+    """An imperative request asked as a question ("Write a poem" -> "How can I write a poem?"); None for a
+    request that is a question already, spans lines or runs past 200 characters."""
+    request = request.strip()
+    if not request or request.endswith("?") or "\n" in request or len(request) > 200:
+        return None
+    if request.split()[0].lower().strip(",") in _QUESTION_WORDS:  # a question without its question mark
+        return None
+    body = request.rstrip(".!;: ")
+    return template.format(body[0].lower() + body[1:])
+
+
+def _questions(data: dict[str, list[Conversation]], seed: int) -> dict[str, list[Conversation]]:
+    # from the labelled training part only, so that no held-out request comes back reworded
+    rng = random.Random(seed)
+    out = []
+    for c in data.get("train", []):
+        if c.response or c.meta.get("source") not in QUESTION_SOURCES:
+            continue
+        for template in rng.sample(QUESTION_TEMPLATES, 2):
+            question = question_form(c.prompt, template)
+            if question is not None:
+                out.append(_conv(question, "", "question-form"))
+    return {"question-form": out}
+
+
 def held_out_prompts(data: dict[str, list[Conversation]], seed: int = 0) -> set[str]:
     """The prompts the transfer corpus must not hold: labelled val and test, XSTest, the devices' poison part."""
     held = {c.prompt for part in ("val", "test") for c in data.get(part, [])}
@@ -127,8 +170,9 @@ def transfer_corpus(
     seen = {(c.prompt, c.response) for part in data.values() for c in part}
     rng = random.Random(seed)
     out: list[Conversation] = []
-    for load in SOURCES:
-        for source, items in load(seed).items():
+    loaded = [load(seed) for load in SOURCES] + [_questions(data, seed)]
+    for by_source in loaded:
+        for source, items in by_source.items():
             kept = []
             for c in items:
                 if c.prompt and c.prompt not in held and (c.prompt, c.response) not in seen:

@@ -104,3 +104,31 @@ def test_scores_come_back_in_the_conversations_order(tiny_bert_path: Path) -> No
     one_by_one = np.concatenate([clf.score([c], batch_size=1) for c in convs])
     assert np.allclose(batched, one_by_one, atol=1e-5)
     assert len(set(np.round(batched, 6))) > 1  # the conversations really score differently
+
+
+def test_a_content_keyed_teacher_keeps_its_scores(tiny_bert_path: Path, tmp_path: Path) -> None:
+    """A second build with other student settings reuses the teacher's scores; other texts are scored afresh."""
+    import shutil
+
+    from export.build import teacher_scores
+    from export.teachers import SmolGuardTeacher
+
+    shutil.copytree(tiny_bert_path, tmp_path / "teacher")
+    teacher = SmolGuardTeacher(tmp_path / "teacher", key="k1")
+    scored: list[int] = []
+    real = teacher.score
+    teacher.score = lambda items, **kw: scored.append(len(items)) or real(items, **kw)  # counts, then scores
+    sets = {"train": [Conversation("hello", "hi"), Conversation("x " * 9)], "val": [Conversation("a", "b")]}
+    first = teacher_scores(teacher, sets, progress=lambda _: None)
+    assert scored == [2, 1] and (tmp_path / "teacher" / "scores" / "scores.npz").is_file()
+    again = teacher_scores(teacher, sets, progress=lambda _: None)
+    assert scored == [2, 1]  # nothing scored the second time
+    for name in sets:
+        assert np.array_equal(again[name], first[name])
+    grown = {**sets, "val": [Conversation("a", "c"), *sets["val"], Conversation("a", "c")]}
+    other = teacher_scores(teacher, grown, progress=lambda _: None)
+    assert scored == [2, 1, 1]  # only the new conversation, once
+    assert other["val"][1] == first["val"][0] and other["val"][0] == other["val"][2]
+    assert np.array_equal(other["train"], first["train"])
+    plain = SmolGuardTeacher(tmp_path / "teacher")  # no content key: its weights may change, nothing is kept
+    assert plain.scores_dir is None

@@ -58,3 +58,19 @@ def test_extra_exclusions_and_a_zero_cap_are_honoured(data) -> None:
     assert few and not [c for c in few if c.meta["source"] == "davidson"]
     some = few[0].prompt
     assert some not in {c.prompt for c in transfer_corpus(data, scale=0.05, caps={"davidson": 0}, exclude=[some])}
+
+
+def test_question_forms_reword_training_requests_only(data, corpus) -> None:
+    from export.transfer import QUESTION_SOURCES, question_form
+
+    assert question_form("Write a tutorial on how to pick a lock.", "How can I {}?") == (
+        "How can I write a tutorial on how to pick a lock?"
+    )
+    for not_a_request in ("Is water wet?", "who was the first president", "line one\nline two", "x" * 201, ""):
+        assert question_form(not_a_request, "How do I {}?") is None
+    questions = {c.prompt for c in corpus if c.meta["source"] == "question-form"}
+    assert questions and all(q.endswith("?") for q in questions)
+    requests = {part: {c.prompt for c in data[part] if c.meta["source"] in QUESTION_SOURCES} for part in data}
+    asked = lambda prompts: {q for p in prompts for q in questions if q.endswith(p[1:].rstrip(".!;: ") + "?")}  # noqa: E731
+    assert asked(requests["train"]) == questions  # each is a training request reworded
+    assert not asked(requests["val"] | requests["test"])
