@@ -32,7 +32,7 @@ import torch
 
 from export.bundle import minilm_tokenizer_json, write_bundle
 from export.calibration import agreement, threshold_for_fpr
-from export.distill import student_scores, train_student
+from export.distill import model_inputs, student_scores, train_student
 from export.evaluate import format_table, quality_rows, test_pool
 from export.guardian_data import build_guardian_data, describe
 from export.transfer import TRANSFER_VERSION, transfer_corpus
@@ -178,9 +178,9 @@ class _GoldLabels:
 PRUNE_SAMPLE = 512
 
 
-def _student(saved: Path, name: str, seed: int, *, ffn: int = 0, sample: Sequence[Conversation] = ()):
+def _student(saved: Path, name: str, seed: int, *, ffn: int = 0, batches: Sequence[dict] = ()):
     """The saved student when a previous run left one, else a fresh one with a seeded head, its feed-forward
-    layers pruned to `ffn` units (ranked on `sample`) when `ffn` is not 0."""
+    layers pruned to `ffn` units (ranked on `batches` of model inputs) when `ffn` is not 0."""
     from export.prune import ffn_importance, prune_ffn
     from feddetox.models.loading import load_encoder
 
@@ -194,17 +194,14 @@ def _student(saved: Path, name: str, seed: int, *, ffn: int = 0, sample: Sequenc
                 f"guardian build config student_ffn: expected 1..{model.config.intermediate_size - 1} or 0 (all), "
                 f"got {ffn}"
             )
-        tokenizer = load_tokenizer(minilm_tokenizer_json(), max_length=MAX_LENGTH)
-        batches = [dict(zip(("input_ids", "attention_mask", "token_type_ids"),
-                            (torch.from_numpy(a) for a in encode(tokenizer, sample[s : s + 32]).arrays()), strict=True))
-                   for s in range(0, len(sample), 32)]  # fmt: skip
         prune_ffn(model, ffn, ffn_importance(model, batches))
     return model
 
 
-def _prune_sample(train: Sequence[Conversation], seed: int) -> list[Conversation]:
-    order = np.random.default_rng(seed).permutation(len(train))[:PRUNE_SAMPLE]
-    return [train[int(i)] for i in order]
+def _prune_batches(train: Sequence[Conversation], seed: int, tokenizer, batch_size: int = 32) -> list[dict]:
+    """Model inputs of PRUNE_SAMPLE training conversations drawn with `seed`, in batches."""
+    sample = [train[int(i)] for i in np.random.default_rng(seed).permutation(len(train))[:PRUNE_SAMPLE]]
+    return [model_inputs(encode(tokenizer, sample[s : s + batch_size])) for s in range(0, len(sample), batch_size)]
 
 
 def _student_id(resolved: str, ffn: int) -> str:
@@ -309,7 +306,7 @@ def build_guardian(cfg: BuildConfig, progress: Callable[[str], None] = print) ->
         bf16=bool(cfg.bf16),
         progress=progress,
     )
-    prune = dict(ffn=cfg.student_ffn, sample=_prune_sample(train, cfg.seed))
+    prune = dict(ffn=cfg.student_ffn, batches=_prune_batches(train, cfg.seed, tokenizer) if cfg.student_ffn else [])
     student = _student(work / "student-kd", STUDENT, cfg.seed, **prune)
     if not (work / "student-kd" / "config.json").is_file():
         _timed(

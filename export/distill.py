@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from feddetox.data.records import Conversation
+from feddetox.evaluation.generate import length_batches
 from feddetox.guardian.runtime import softmax_unsafe
 from feddetox.guardian.text import encode
 
@@ -63,9 +64,14 @@ def kd_loss(
     return loss
 
 
-def _forward(model, enc) -> torch.Tensor:
+def model_inputs(enc) -> dict[str, torch.Tensor]:
+    """An encoded batch as the keyword tensors a transformers BERT takes."""
     ids, mask, types = (torch.from_numpy(a) for a in enc.arrays())
-    return model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _forward(model, enc) -> torch.Tensor:
+    return model(**model_inputs(enc)).logits
 
 
 #: batches are grouped by length within windows of this many batches (see `length_grouped_batches`)
@@ -173,8 +179,6 @@ def student_logits(
 ) -> np.ndarray:
     """The eager student's (N, 2) logits in fp32 in the conversations' order, through the same encoding as the
     device; batches hold conversations of similar length, so that little of them is padding."""
-    from feddetox.evaluation.generate import length_batches
-
     model.eval()
     out = np.zeros((len(conversations), 2), np.float32)
     for batch in length_batches(token_lengths(tokenizer, conversations).tolist(), batch_size):

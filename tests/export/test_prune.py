@@ -67,17 +67,20 @@ def test_pruning_live_units_changes_the_output(tiny_bert_path: Path) -> None:
 
 
 def test_the_build_prunes_a_fresh_student_and_names_it(tiny_bert_path: Path, tmp_path: Path) -> None:
-    from export.build import _student, _student_id
+    from export.build import _prune_batches, _student, _student_id
+    from export.bundle import minilm_tokenizer_json
     from feddetox.data.records import Conversation
     from feddetox.errors import ConfigError
+    from feddetox.guardian import load_tokenizer
 
     sample = [Conversation(f"How do I bake bread number {i}?", "Mix flour and water.", 0) for i in range(40)]
+    batches = _prune_batches(sample, 0, load_tokenizer(minilm_tokenizer_json()))
     inner = load_encoder(tiny_bert_path, num_labels=2)[0].config.intermediate_size
-    pruned = _student(tmp_path / "none", str(tiny_bert_path), 0, ffn=inner // 2, sample=sample)
+    pruned = _student(tmp_path / "none", str(tiny_bert_path), 0, ffn=inner // 2, batches=batches)
     assert pruned.config.intermediate_size == inner // 2
     assert all(layer.output.dense.in_features == inner // 2 for layer in pruned.bert.encoder.layer)
     assert _student(tmp_path / "none", str(tiny_bert_path), 0).config.intermediate_size == inner
     with pytest.raises(ConfigError, match="student_ffn"):
-        _student(tmp_path / "none", str(tiny_bert_path), 0, ffn=inner + 1, sample=sample)
+        _student(tmp_path / "none", str(tiny_bert_path), 0, ffn=inner + 1, batches=batches)
     assert _student_id("/models/all-MiniLM-L6-v2", 1024) == "minilm-l6:all-MiniLM-L6-v2:ffn1024"
     assert _student_id("/models/all-MiniLM-L6-v2", 0) == "minilm-l6:all-MiniLM-L6-v2"
