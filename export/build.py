@@ -224,7 +224,7 @@ def teacher_scores(
     if path is not None and path.is_file():
         with np.load(path) as saved:
             known = dict(zip(saved["keys"].tolist(), saved["p"].tolist(), strict=True))
-    out = {}
+    out, grown = {}, False
     for name, items in sets.items():
         keys = [conversation_key(c) for c in items]
         missing, asked = [], set()  # the first of each conversation not scored yet
@@ -236,10 +236,11 @@ def teacher_scores(
             what = f"[3/7] teacher scores {name} ({len(missing)} of {len(items)})"
             p = _timed(progress, what, teacher.score, [items[i] for i in missing])
             known.update((keys[i], float(v)) for i, v in zip(missing, p, strict=True))
+            grown = True
         else:
             progress(f"[3/7] teacher scores {name} ({len(items)}): all kept from earlier builds")
         out[name] = np.array([known[k] for k in keys], dtype=np.float32)
-    if path is not None:
+    if path is not None and grown:  # a build that scored nothing new leaves the cache as it was
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name("scores.tmp.npz")
         np.savez(tmp, keys=np.array(list(known), dtype="U32"), p=np.array(list(known.values()), dtype=np.float32))
