@@ -102,7 +102,8 @@ class BuildConfig:
 
 
 def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progress: Callable[[str], None]):
-    """A teacher from its spec: "smolguard", "llama-guard:ID", "hf:ID", or several joined by commas."""
+    """A teacher from its spec: "smolguard" (trained with the build's seed), "smolguard:SEED", "llama-guard:ID",
+    "hf:ID", or several joined by commas (the mean of their probabilities), e.g. "smolguard:0,smolguard:1"."""
     from export import teachers as T
 
     parts = [s.strip() for s in spec.split(",") if s.strip()]
@@ -110,6 +111,8 @@ def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progres
         return T.EnsembleTeacher([make_teacher(p, train, cfg, progress) for p in parts])
     kind, _, ident = spec.partition(":")
     if kind == "smolguard":
+        if ident and not ident.isdigit():
+            raise ConfigError(f"--teacher {spec!r}: smolguard takes a training seed, e.g. smolguard:1")
         if cfg.teacher_lora not in T.LORA_TARGETS:
             raise ConfigError(
                 f"guardian build config teacher_lora: expected one of {', '.join(T.LORA_TARGETS)},"
@@ -120,7 +123,7 @@ def make_teacher(spec: str, train: list[Conversation], cfg: BuildConfig, progres
             progress=progress,
             steps=cfg.teacher_steps,
             batch_size=cfg.teacher_batch,
-            seed=cfg.seed,
+            seed=int(ident) if ident else cfg.seed,
             max_length=cfg.teacher_max_length,
             top_layers=cfg.teacher_layers,
             targets=T.LORA_TARGETS[cfg.teacher_lora],
@@ -216,8 +219,11 @@ def teacher_scores(
     every score next to its weights, keyed by the conversation's text: a build that changes only the students'
     settings (another bundle, another work folder) scores nothing again, and one whose corpus gained sources
     scores only what is new (all of it: ~24,000 conversations, 40 min on two cores)."""
-    from export.teachers import conversation_key
+    from export.teachers import EnsembleTeacher, conversation_key
 
+    if isinstance(teacher, EnsembleTeacher):  # each member keeps its own scores; the ensemble is their mean
+        members = [teacher_scores(t, sets, progress) for t in teacher.teachers]
+        return {name: np.mean([m[name] for m in members], axis=0).astype(np.float32) for name in sets}
     cache = getattr(teacher, "scores_dir", None)
     path = Path(cache) / "scores.npz" if cache is not None else None
     known: dict[str, float] = {}

@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     _field_option(
         build,
         "teacher",
-        help="smolguard (default, built here), llama-guard:ID, hf:ID, a,b for an ensemble, or none (gold labels only)",
+        help="smolguard (default, built here; smolguard:SEED for another seed), llama-guard:ID, hf:ID, a,b for an "
+        "ensemble (e.g. smolguard:0,smolguard:1), or none (gold labels only)",
     )
     _field_option(build, "teacher_steps")
     _field_option(build, "teacher_batch")

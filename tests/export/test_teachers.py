@@ -132,3 +132,27 @@ def test_a_content_keyed_teacher_keeps_its_scores(tiny_bert_path: Path, tmp_path
     assert np.array_equal(other["train"], first["train"])
     plain = SmolGuardTeacher(tmp_path / "teacher")  # no content key: its weights may change, nothing is kept
     assert plain.scores_dir is None
+
+
+def test_an_ensembles_members_keep_their_own_scores(tiny_bert_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from export.build import BuildConfig, make_teacher, teacher_scores
+    from export.teachers import EnsembleTeacher, SmolGuardTeacher
+    from feddetox.errors import ConfigError
+
+    members = []
+    for i in range(2):
+        shutil.copytree(tiny_bert_path, tmp_path / f"t{i}")
+        members.append(SmolGuardTeacher(tmp_path / f"t{i}", key=f"k{i}"))
+    with torch.no_grad():  # make the second member differ: a higher unsafe bias in its head
+        list(members[1].model.parameters())[-1][1] += 1.0
+    sets = {"train": [Conversation("hello", "hi"), Conversation("x " * 9)], "val": [Conversation("a", "b")]}
+    both = teacher_scores(EnsembleTeacher(members), sets, progress=lambda _: None)
+    alone = [teacher_scores(m, sets, progress=lambda _: None) for m in members]
+    for name in sets:
+        assert np.allclose(both[name], (alone[0][name] + alone[1][name]) / 2, atol=1e-6)
+    assert not np.allclose(alone[0]["train"], alone[1]["train"])
+    assert all((tmp_path / f"t{i}" / "scores" / "scores.npz").is_file() for i in range(2))
+    with pytest.raises(ConfigError, match="smolguard takes a training seed"):
+        make_teacher("smolguard:big", [], BuildConfig(out_dir=tmp_path / "b"), progress=lambda _: None)
