@@ -223,7 +223,7 @@ def teacher_scores(
 
     if isinstance(teacher, EnsembleTeacher):  # each member keeps its own scores; the ensemble is their mean
         members = [teacher_scores(t, sets, progress) for t in teacher.teachers]
-        return {name: np.mean([m[name] for m in members], axis=0).astype(np.float32) for name in sets}
+        return {name: teacher.combine([m[name] for m in members]) for name in sets}
     cache = getattr(teacher, "scores_dir", None)
     path = Path(cache) / "scores.npz" if cache is not None else None
     known: dict[str, float] = {}

@@ -198,10 +198,13 @@ class EnsembleTeacher:
         self.teachers = list(teachers)
         self.teacher_id = "ensemble(" + ",".join(t.teacher_id for t in self.teachers) + ")"
 
+    @staticmethod
+    def combine(member_scores: Sequence[np.ndarray]) -> np.ndarray:
+        """The ensemble's p_unsafe from its members' (the one place that defines it)."""
+        return np.mean(member_scores, axis=0).astype(np.float32)
+
     def score(self, conversations: Sequence[Conversation], *, batch_size: int = 8) -> np.ndarray:
-        return np.mean([t.score(conversations, batch_size=batch_size) for t in self.teachers], axis=0).astype(
-            np.float32
-        )
+        return self.combine([t.score(conversations, batch_size=batch_size) for t in self.teachers])
 
 
 # ---------------------------------------------------------------------------------------------------------------
