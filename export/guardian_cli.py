@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     _field_option(build, "teacher_steps")
     _field_option(build, "teacher_batch")
     _field_option(build, "teacher_max_length", help="tokens the teacher reads")
+    _field_option(
+        build,
+        "teacher_view",
+        choices=("student", "full"),
+        help="what the teacher is trained on and scores: the part of each conversation the student reads "
+        "(default) or the whole conversation",
+    )
     _field_option(build, "teacher_layers", help="LoRA on the teacher's top N layers")
     from export.teachers import LORA_TARGETS
 

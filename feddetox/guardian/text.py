@@ -13,7 +13,7 @@ cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +73,25 @@ def encode(
         mask[row, :n] = 1
         types[row, :n] = enc.type_ids[:n]
     return Encoded(ids, mask, types)
+
+
+def visible(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> list[Conversation]:
+    """The part of each conversation that the student reads: the prompt and the response cut where `tokenizer`'s
+    truncation cuts them (the original text up to the last kept token, case and accents kept). A conversation the
+    student reads whole comes back as it is (the same object).
+
+    A teacher that scores these views labels exactly what the student sees: with the whole conversation, a long
+    one's teacher label may rest on text the student never reads (a teacher that keeps a long answer's end
+    against the student's start), which no amount of distillation can copy.
+    """
+    inputs = [(c.prompt, c.response) if c.response else c.prompt for c in conversations]
+    out = []
+    for c, enc in zip(conversations, tokenizer.encode_batch(inputs), strict=True):
+        ends = [0, 0]  # where the last kept token of the prompt (sequence 0) and of the response (1) ends
+        for seq, (_, end) in zip(enc.sequence_ids, enc.offsets, strict=True):
+            if seq is not None:
+                ends[seq] = max(ends[seq], end)
+        prompt, response = c.prompt[: ends[0]], c.response[: ends[1]]
+        whole = prompt == c.prompt.rstrip() and response == c.response.rstrip()
+        out.append(c if whole or (c.response and not response) else replace(c, prompt=prompt, response=response))
+    return out
