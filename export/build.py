@@ -7,8 +7,8 @@ Steps, each printed as it runs:
 2. teacher: the offline default (SmolLM2-135M-Instruct + LoRA + head, trained once and cached) or one given by
    `--teacher` (llama-guard:ID, hf:ID, a comma-separated list for an ensemble);
 3. the teacher scores the labelled training, validation and test conversations and the transfer corpus
-   (`export.transfer`: unlabelled conversations of the same kinds); by default the teacher is trained on and
-   scores the part of each conversation that the student reads (`teacher_view`);
+   (`export.transfer`: unlabelled conversations of the same kinds); with `teacher_view="student"` the teacher is
+   trained on and scores only the part of each conversation that the student reads;
 4. the student (all-MiniLM-L6-v2 + head) is distilled from the teacher's soft labels over the labelled training
    conversations and the transfer corpus; the hard-label ablation is the same student trained on gold labels
    only;
@@ -82,15 +82,14 @@ class BuildConfig:
     onnx: bool = True
     hard_label_ablation: bool = True
     threads: int = 1
-    #: SmolLM2 tokens the teacher reads: the student's view (`teacher_view`) of 128 MiniLM tokens is at most 159
-    #: SmolLM2 tokens for 99% of the training conversations; a longer one loses its prompt's start
-    teacher_max_length: int = 160
-    #: what the teacher reads: "student" = the part of each conversation the student reads
-    #: (`feddetox.guardian.text.visible`), so that its soft labels are a function of the student's input; "full" =
-    #: the whole conversation. With "full", the SmolGuard teacher kept a long conversation's end and the student
-    #: its start (16% of the test conversations are longer than the student's 128 tokens), and the student's
-    #: decisions agreed with the teacher's on 0.940 of the test conversations whatever the KD settings
-    teacher_view: str = "student"
+    teacher_max_length: int = 128
+    #: what the teacher is trained on and scores: "full" = the whole conversation (cut from the left to
+    #: `teacher_max_length`, keeping a long answer's end), "student" = the part the student reads
+    #: (`feddetox.guardian.text.visible`: its start, 16% of the test conversations are cut), so that the soft
+    #: labels are a function of the student's input. Measured with "student" (teacher max length 160): a stronger
+    #: teacher (F1 human-labelled 0.792 against 0.768, pooled 0.902 against 0.892, XSTest safe FPR 0.042) but the
+    #: student's agreement with it 0.937 against 0.940, F1 gap 0.030 and XSTest safe FPR 0.100: not the default
+    teacher_view: str = "full"
     #: LoRA on the teacher's top `teacher_layers` layers (of 30), on "attention" or "all-linear" (attention + MLP).
     #: On the top 8 layers the teacher was weaker than the student on the human labels whatever the targets
     #: (pooled test F1 0.775, AUROC 0.911, against 0.859, 0.956 on every layer), at a third of the step time

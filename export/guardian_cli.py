@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         build,
         "teacher_view",
         choices=("student", "full"),
-        help="what the teacher is trained on and scores: the part of each conversation the student reads "
-        "(default) or the whole conversation",
+        help="what the teacher is trained on and scores: the whole conversation (default) or the part of each "
+        "conversation the student reads",
     )
     _field_option(build, "teacher_layers", help="LoRA on the teacher's top N layers")
     from export.teachers import LORA_TARGETS

@@ -239,7 +239,7 @@ def train_smolguard(
     steps: int = 600,
     batch_size: int = 16,
     lr: float = 3e-4,
-    max_length: int = 160,
+    max_length: int = 128,
     lora_r: int = 16,
     top_layers: int = 30,
     targets: Sequence[str] = ALL_LINEAR,
@@ -317,7 +317,7 @@ def train_smolguard(
 class SmolGuardTeacher(SequenceClassifierTeacher):
     """The offline default teacher: SmolLM2-135M-Instruct fine-tuned (LoRA + head) on the shipped labels."""
 
-    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 160, bf16: bool = False) -> None:
+    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 128, bf16: bool = False) -> None:
         super().__init__(path, unsafe_index=1, max_length=max_length, bf16=bf16)
         self.tokenizer.truncation_side = "left"  # as in training: keep the response, cut the prompt's start
         self.teacher_id = f"{SMOLGUARD_VERSION}:{key}" if key else f"{SMOLGUARD_VERSION}:{Path(path).name}"
@@ -337,4 +337,4 @@ class SmolGuardTeacher(SequenceClassifierTeacher):
             tmp.rename(path)
         elif progress is not None:
             progress(f"teacher: cached {path.name}")
-        return cls(path, key=key, max_length=settings.get("max_length", 160), bf16=bool(settings.get("bf16", False)))
+        return cls(path, key=key, max_length=settings.get("max_length", 128), bf16=bool(settings.get("bf16", False)))
