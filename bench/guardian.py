@@ -33,6 +33,12 @@ PTE, ONNX = "student .pte int8", "student .onnx int8"
 
 
 RUNS = 50
+#: the note on what the bundle's teacher read (its build's teacher_view; older bundles: the whole conversation)
+TEACHER_VIEW_NOTES = {
+    "full": "The teacher reads the whole conversation.",
+    "student": "The teacher reads what the student reads of each conversation (teacher_view 'student'): its rows "
+    "and the agreement compare the two models on the same text.",
+}
 
 
 def _latency_ms(fn, warmup: int = 3, runs: int = RUNS) -> dict[str, float]:
@@ -365,13 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "Quality: each model at its own threshold, calibrated on validation benign data to the target FPR "
         "(the .pte and .onnx use the bundle's threshold, the eager KD student's).",
         "f1_gap_to_teacher is on the pooled human-labelled test sets (Davidson, ToxiGen, XSTest).",
-        "The teacher reads "
-        + (
-            "the whole conversation."
-            if (manifest.metrics.get("build") or {}).get("teacher_view", "full") == "full"
-            else "what the student reads of each conversation (teacher_view 'student'): its rows and the agreement "
-            "compare the two models on the same text."
-        ),
+        TEACHER_VIEW_NOTES[(manifest.metrics.get("build") or {}).get("teacher_view", "full")],
         f"Latency: one conversation padded/truncated to 128 tokens, batch 1, one thread (ExecuTorch's thread pool "
         f"reset to 1, torch and onnxruntime set to 1), p50 of {RUNS} runs after 3 warm-up calls; the .pte figure "
         "is Guardian.logits (tokenize + execute of the method loaded once); 'execute only' times the method alone. "

@@ -47,10 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     _field_option(build, "teacher_steps")
     _field_option(build, "teacher_batch")
     _field_option(build, "teacher_max_length", help="tokens the teacher reads")
+    from export.build import TEACHER_VIEWS
+
     _field_option(
         build,
         "teacher_view",
-        choices=("student", "full"),
+        choices=TEACHER_VIEWS,
         help="what the teacher is trained on and scores: the whole conversation (default) or the part of each "
         "conversation the student reads",
     )

@@ -52,6 +52,11 @@ def load_tokenizer(path: str | Path, *, max_length: int = MAX_LENGTH) -> Tokeniz
     return tok
 
 
+def _inputs(conversations: Sequence[Conversation]) -> list:
+    """What the tokenizer encodes: the (prompt, response) pair, or the prompt alone when there is no response."""
+    return [(c.prompt, c.response) if c.response else c.prompt for c in conversations]
+
+
 def encode(
     tokenizer: Tokenizer,
     conversations: Sequence[Conversation],
@@ -60,8 +65,7 @@ def encode(
     pad_id: int = 0,
 ) -> Encoded:
     """Encode conversations; pad to the longest in the batch, or to `pad_to` tokens when given."""
-    inputs = [(c.prompt, c.response) if c.response else c.prompt for c in conversations]
-    encodings = tokenizer.encode_batch(inputs)
+    encodings = tokenizer.encode_batch(_inputs(conversations))
     width = pad_to if pad_to is not None else max((len(e.ids) for e in encodings), default=1)
     batch = len(encodings)
     ids = np.full((batch, width), pad_id, dtype=np.int64)
@@ -84,9 +88,8 @@ def visible(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> list
     one's teacher label may rest on text the student never reads (a teacher that keeps a long answer's end
     against the student's start), which no amount of distillation can copy.
     """
-    inputs = [(c.prompt, c.response) if c.response else c.prompt for c in conversations]
     out = []
-    for c, enc in zip(conversations, tokenizer.encode_batch(inputs), strict=True):
+    for c, enc in zip(conversations, tokenizer.encode_batch(_inputs(conversations)), strict=True):
         ends = [0, 0]  # where the last kept token of the prompt (sequence 0) and of the response (1) ends
         for seq, (_, end) in zip(enc.sequence_ids, enc.offsets, strict=True):
             if seq is not None:
