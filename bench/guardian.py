@@ -78,8 +78,9 @@ def _runtime_rss_gb(bundle: Path) -> float:
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024 / 1024, 3)
 
 
-def measure_latency(bundle: Path, work: Path, teacher_path: str | None) -> dict[str, dict[str, float]]:
-    """p50/p95 ms for one conversation of 128 tokens, batch 1, one thread, for each model."""
+def measure_latency(bundle: Path, work: Path, teacher_paths: list[str]) -> dict[str, dict[str, float]]:
+    """p50/p95 ms for one conversation of 128 tokens, batch 1, one thread, for each model; an ensemble teacher
+    is timed as all its members scoring in turn."""
     torch.set_num_threads(1)
     from export.onnx_export import OnnxStudent
     from feddetox.guardian import encode, load_guardian, load_tokenizer, runtime_threads
@@ -111,19 +112,24 @@ def measure_latency(bundle: Path, work: Path, teacher_path: str | None) -> dict[
             out["student eager (KD)"] = _latency_ms(
                 lambda: eager(input_ids=ids, attention_mask=mask, token_type_ids=types)
             )
-    if teacher_path:
+    if teacher_paths:
         from export.teachers import SequenceClassifierTeacher
 
-        teacher = SequenceClassifierTeacher(teacher_path, unsafe_index=1, max_length=128)
+        teachers = [SequenceClassifierTeacher(p, unsafe_index=1, max_length=128) for p in teacher_paths]
         long_conv = type(conv)(conv.prompt * 2, conv.response * 2)  # >= 128 teacher tokens after truncation
-        out["teacher"] = _latency_ms(lambda: teacher.score([long_conv], batch_size=1), runs=10)
+
+        def teacher_score():
+            for teacher in teachers:
+                teacher.score([long_conv], batch_size=1)
+
+        out["teacher"] = _latency_ms(teacher_score, runs=10)
         from feddetox.training.precision import fast_bf16_matmul
 
         if fast_bf16_matmul():  # the teacher scores in fp32 in the build; its bf16 speed shown next to it
 
             def bf16_score():
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    teacher.score([long_conv], batch_size=1)
+                    teacher_score()
 
             out["teacher (bf16 autocast)"] = _latency_ms(bf16_score, runs=10)
     return out
@@ -274,13 +280,20 @@ def latency_study(bundle: Path, work: Path, *, slow: bool = False, progress=prin
     return {"gmacs_per_forward": {k: round(v, 3) for k, v in macs.items()}, "variants": rows, "linears_alone": linears}
 
 
-def _teacher_path(teacher_id: str) -> str | None:
-    """The cached folder of a smolguard teacher id; None for other teachers (their latency is not measured)."""
+def _teacher_paths(teacher_id: str) -> list[str]:
+    """The cached folders of a SmolGuard teacher id, one per member of an ensemble ("ensemble(a,b)"); [] when any
+    member is another kind of teacher (its latency is not measured)."""
     from feddetox.settings import home_dir
 
-    kind, _, key = teacher_id.partition(":")
-    path = home_dir() / "guardians" / "teachers" / f"{kind}-{key}"
-    return str(path) if kind.startswith("smolguard") and path.is_dir() else None
+    members = teacher_id[len("ensemble(") : -1].split(",") if teacher_id.startswith("ensemble(") else [teacher_id]
+    paths = []
+    for member in members:
+        kind, _, key = member.partition(":")
+        path = home_dir() / "guardians" / "teachers" / f"{kind}-{key}"
+        if not (kind.startswith("smolguard") and path.is_dir()):
+            return []
+        paths.append(str(path))
+    return paths
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -325,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = verify_bundle(bundle)
     ev = json.loads((work / "eval.json").read_text())
     rows = ev["rows"]
-    latency = measure_latency(bundle, work, _teacher_path(manifest.teacher_id))
+    latency = measure_latency(bundle, work, _teacher_paths(manifest.teacher_id))
     load_during_latency = load_average()
     bench_rss = peak_rss_gb()  # before the study's exports
     study = latency_study(bundle, work, slow=args.study_transformers) if args.study else None
@@ -375,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Latency: one conversation padded/truncated to 128 tokens, batch 1, one thread (ExecuTorch's thread pool "
         f"reset to 1, torch and onnxruntime set to 1), p50 of {RUNS} runs after 3 warm-up calls; the .pte figure "
         "is Guardian.logits (tokenize + execute of the method loaded once); 'execute only' times the method alone. "
+        "An ensemble teacher is timed as all its members scoring in turn. "
         "cpu_p50 is the process's CPU time per call: on a shared CPU (see load) it is the cost on an idle core.",
     ]
     path = write_result(
