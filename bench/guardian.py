@@ -283,11 +283,11 @@ def latency_study(bundle: Path, work: Path, *, slow: bool = False, progress=prin
 def _teacher_paths(teacher_id: str) -> list[str]:
     """The cached folders of a SmolGuard teacher id, one per member of an ensemble ("ensemble(a,b)"); [] when any
     member is another kind of teacher (its latency is not measured)."""
+    from export.teachers import EnsembleTeacher
     from feddetox.settings import home_dir
 
-    members = teacher_id[len("ensemble(") : -1].split(",") if teacher_id.startswith("ensemble(") else [teacher_id]
     paths = []
-    for member in members:
+    for member in EnsembleTeacher.member_ids(teacher_id):
         kind, _, key = member.partition(":")
         path = home_dir() / "guardians" / "teachers" / f"{kind}-{key}"
         if not (kind.startswith("smolguard") and path.is_dir()):

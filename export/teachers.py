@@ -199,6 +199,13 @@ class EnsembleTeacher:
         self.teacher_id = "ensemble(" + ",".join(t.teacher_id for t in self.teachers) + ")"
 
     @staticmethod
+    def member_ids(teacher_id: str) -> list[str]:
+        """The ids an ensemble's id is made of (a teacher that is no ensemble: its own id alone)."""
+        if teacher_id.startswith("ensemble(") and teacher_id.endswith(")"):
+            return teacher_id[len("ensemble(") : -1].split(",")
+        return [teacher_id]
+
+    @staticmethod
     def combine(member_scores: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's p_unsafe from its members' (the one place that defines it)."""
         return np.mean(member_scores, axis=0).astype(np.float32)

@@ -68,6 +68,8 @@ def test_sequence_classifier_and_ensemble(tiny_bert_path: Path) -> None:
     ens = EnsembleTeacher([clf, clf])
     assert np.allclose(ens.score(convs), p, atol=1e-6)
     assert ens.teacher_id.startswith("ensemble(")
+    assert EnsembleTeacher.member_ids(ens.teacher_id) == [clf.teacher_id, clf.teacher_id]
+    assert EnsembleTeacher.member_ids(clf.teacher_id) == [clf.teacher_id]
 
 
 def test_bf16_scoring_stays_close_to_fp32(tiny_bert_path: Path) -> None:
