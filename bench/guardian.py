@@ -113,23 +113,19 @@ def measure_latency(bundle: Path, work: Path, teacher_paths: list[str]) -> dict[
                 lambda: eager(input_ids=ids, attention_mask=mask, token_type_ids=types)
             )
     if teacher_paths:
-        from export.teachers import SequenceClassifierTeacher
+        from export.teachers import EnsembleTeacher, SequenceClassifierTeacher
 
-        teachers = [SequenceClassifierTeacher(p, unsafe_index=1, max_length=128) for p in teacher_paths]
+        # one member: the mean of one is its own score; several: each scores in turn, as in the build
+        teacher = EnsembleTeacher([SequenceClassifierTeacher(p, unsafe_index=1, max_length=128) for p in teacher_paths])
         long_conv = type(conv)(conv.prompt * 2, conv.response * 2)  # >= 128 teacher tokens after truncation
-
-        def teacher_score():
-            for teacher in teachers:
-                teacher.score([long_conv], batch_size=1)
-
-        out["teacher"] = _latency_ms(teacher_score, runs=10)
+        out["teacher"] = _latency_ms(lambda: teacher.score([long_conv], batch_size=1), runs=10)
         from feddetox.training.precision import fast_bf16_matmul
 
         if fast_bf16_matmul():  # the teacher scores in fp32 in the build; its bf16 speed shown next to it
 
             def bf16_score():
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    teacher_score()
+                    teacher.score([long_conv], batch_size=1)
 
             out["teacher (bf16 autocast)"] = _latency_ms(bf16_score, runs=10)
     return out
@@ -283,13 +279,12 @@ def latency_study(bundle: Path, work: Path, *, slow: bool = False, progress=prin
 def _teacher_paths(teacher_id: str) -> list[str]:
     """The cached folders of a SmolGuard teacher id, one per member of an ensemble ("ensemble(a,b)"); [] when any
     member is another kind of teacher (its latency is not measured)."""
-    from export.teachers import EnsembleTeacher
-    from feddetox.settings import home_dir
+    from export.teachers import EnsembleTeacher, smolguard_dir
 
     paths = []
     for member in EnsembleTeacher.member_ids(teacher_id):
         kind, _, key = member.partition(":")
-        path = home_dir() / "guardians" / "teachers" / f"{kind}-{key}"
+        path = smolguard_dir(key, version=kind)
         if not (kind.startswith("smolguard") and path.is_dir()):
             return []
         paths.append(str(path))

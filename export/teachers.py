@@ -218,6 +218,8 @@ class EnsembleTeacher:
 # The offline default teacher: SmolLM2-135M-Instruct + LoRA + a classification head, trained here
 
 SMOLGUARD_VERSION = "smolguard-v1"
+#: SmolLM2 tokens the teacher reads when no other length is given (cut from the left: a long answer's end is kept)
+SMOLGUARD_MAX_LENGTH = 128
 
 #: LoRA targets of the teacher: the attention projections, or every linear layer (attention and MLP)
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -233,6 +235,13 @@ def smolguard_key(train: Sequence[Conversation], settings: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+def smolguard_dir(key: str, version: str = SMOLGUARD_VERSION) -> Path:
+    """Where the SmolGuard teacher with this content key (and version) is cached, its scores beside it."""
+    from feddetox.settings import home_dir
+
+    return home_dir() / "guardians" / "teachers" / f"{version}-{key}"
+
+
 def conversation_key(c: Conversation) -> str:
     """The key of a conversation's text (prompt and response), under which a teacher's score of it is kept."""
     return hashlib.sha256(f"{c.prompt}\x00{c.response}".encode()).hexdigest()[:32]
@@ -246,7 +255,7 @@ def train_smolguard(
     steps: int = 600,
     batch_size: int = 16,
     lr: float = 3e-4,
-    max_length: int = 128,
+    max_length: int = SMOLGUARD_MAX_LENGTH,
     lora_r: int = 16,
     top_layers: int = 30,
     targets: Sequence[str] = ALL_LINEAR,
@@ -324,7 +333,9 @@ def train_smolguard(
 class SmolGuardTeacher(SequenceClassifierTeacher):
     """The offline default teacher: SmolLM2-135M-Instruct fine-tuned (LoRA + head) on the shipped labels."""
 
-    def __init__(self, path: str | Path, *, key: str = "", max_length: int = 128, bf16: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, key: str = "", max_length: int = SMOLGUARD_MAX_LENGTH, bf16: bool = False
+    ) -> None:
         super().__init__(path, unsafe_index=1, max_length=max_length, bf16=bf16)
         self.tokenizer.truncation_side = "left"  # as in training: keep the response, cut the prompt's start
         self.teacher_id = f"{SMOLGUARD_VERSION}:{key}" if key else f"{SMOLGUARD_VERSION}:{Path(path).name}"
@@ -334,14 +345,17 @@ class SmolGuardTeacher(SequenceClassifierTeacher):
     @classmethod
     def load_or_train(cls, train: Sequence[Conversation], *, progress=None, **settings) -> SmolGuardTeacher:
         """The cached teacher for this data and these settings, trained first when missing."""
-        from feddetox.settings import home_dir
-
         key = smolguard_key(train, settings)
-        path = home_dir() / "guardians" / "teachers" / f"{SMOLGUARD_VERSION}-{key}"
+        path = smolguard_dir(key)
         if not (path / "config.json").is_file():
             tmp = path.with_name(path.name + ".tmp")
             train_smolguard(train, tmp, progress=progress, **settings)
             tmp.rename(path)
         elif progress is not None:
             progress(f"teacher: cached {path.name}")
-        return cls(path, key=key, max_length=settings.get("max_length", 128), bf16=bool(settings.get("bf16", False)))
+        return cls(
+            path,
+            key=key,
+            max_length=settings.get("max_length", SMOLGUARD_MAX_LENGTH),
+            bf16=bool(settings.get("bf16", False)),
+        )
