@@ -51,9 +51,9 @@ TEACHER_VIEWS = ("student", "full")
 @dataclass
 class BuildConfig:
     out_dir: Path
-    #: one seed: an ensemble of two ("smolguard:0,smolguard:1", teacher_view "student", max length 160, 2,400 KD
-    #: steps) took the student's agreement with its teacher from 0.937 to 0.943 only (F1 gap 0.020, XSTest safe FPR
-    #: 0.075) for twice the teacher's build time; the two seeds agree with each other on 0.956 (0.891 on XSTest)
+    #: one seed: ensembles ("smolguard:0,smolguard:1", teacher_view "student", max length 160, 2,400 KD steps) took
+    #: the student's agreement with its teacher from 0.937 to 0.943 with two seeds and 0.939 with three (F1 gap 0.048)
+    #: for two and three times the teacher's build time; see docs/guardian.md
     teacher: str = "smolguard"
     #: 600 steps of 16 are two passes over the training split: at 150 the teacher was weaker on the human
     #: labels than the student trained on gold labels alone (F1 0.35 against 0.79), which defeats distillation
