@@ -113,10 +113,10 @@ def measure_latency(bundle: Path, work: Path, teacher_paths: list[str]) -> dict[
                 lambda: eager(input_ids=ids, attention_mask=mask, token_type_ids=types)
             )
     if teacher_paths:
-        from export.teachers import EnsembleTeacher, SequenceClassifierTeacher
+        from export.teachers import EnsembleTeacher, SmolGuardTeacher
 
         # one member: the mean of one is its own score; several: each scores in turn, as in the build
-        teacher = EnsembleTeacher([SequenceClassifierTeacher(p, unsafe_index=1, max_length=128) for p in teacher_paths])
+        teacher = EnsembleTeacher([SmolGuardTeacher(p) for p in teacher_paths])
         long_conv = type(conv)(conv.prompt * 2, conv.response * 2)  # >= 128 teacher tokens after truncation
         out["teacher"] = _latency_ms(lambda: teacher.score([long_conv], batch_size=1), runs=10)
         from feddetox.training.precision import fast_bf16_matmul
